@@ -1,0 +1,317 @@
+"""The one training loop shared by every model.
+
+The loop is a generator: it yields a :class:`ProgressEvent` after every epoch
+(and every ``log_every`` steps inside long epochs) and returns a
+:class:`TrainingHistory`. The caller stops it between steps by closing the
+generator (``gen.close()``), which is what napari's thread workers do on quit.
+
+Pure torch + numpy: no Qt, no napari, no AnnData.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+ArrayLike = np.ndarray | sp.spmatrix | sp.sparray | torch.Tensor
+
+#: data kept resident on the device when all tensors together stay below this
+DEVICE_RESIDENT_BYTES = 2 * 1024**3
+
+
+@dataclass
+class ProgressEvent:
+    """One progress report from a training run."""
+
+    epoch: int
+    n_epochs: int
+    step: int
+    train_loss: float | None = None
+    val_loss: float | None = None
+    elapsed: float = 0.0
+    message: str = ""
+    stage: str = "train"
+
+    @property
+    def fraction(self) -> float:
+        """Fraction of the epoch budget done, in [0, 1]."""
+        return min(1.0, self.epoch / max(1, self.n_epochs))
+
+
+@dataclass
+class TrainingHistory:
+    """What a finished run returns: the loss curves and how it ended."""
+
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    n_epochs: int = 0
+    best_epoch: int = 0
+    stopped_early: bool = False
+    seconds: float = 0.0
+    device: str = "cpu"
+
+    def to_dict(self) -> dict:
+        return {
+            "train_loss": np.asarray(self.train_loss, dtype=float),
+            "val_loss": np.asarray(self.val_loss, dtype=float),
+            "n_epochs": int(self.n_epochs),
+            "best_epoch": int(self.best_epoch),
+            "stopped_early": bool(self.stopped_early),
+            "seconds": float(self.seconds),
+            "device": str(self.device),
+        }
+
+
+@dataclass
+class TrainingConfig:
+    """Settings of :func:`train`.
+
+    ``batch_size=None`` trains full-batch. ``validation_fraction=0`` disables
+    early stopping on held-out rows (then ``patience`` watches the train loss).
+    """
+
+    max_epochs: int = 200
+    batch_size: int | None = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    validation_fraction: float = 0.1
+    patience: int = 20
+    min_delta: float = 1e-4
+    seed: int = 0
+    device: str | torch.device = "auto"
+    log_every: int = 0  # also report inside an epoch every N steps (0: per epoch only)
+    grad_clip: float | None = 10.0
+
+
+def available_devices() -> list[str]:
+    """Devices this machine can run on, best first, always ending with ``'cpu'``."""
+    devices = []
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    devices.append("cpu")
+    return devices
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``'auto'`` picks cuda, then mps, then cpu; anything else is checked."""
+    if isinstance(device, torch.device):
+        return device
+    device = str(device).lower()
+    if device == "auto":
+        return torch.device(available_devices()[0])
+    kind = device.split(":")[0]
+    if kind not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"Unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'mps'.")
+    if kind != "cpu" and kind not in available_devices():
+        raise ValueError(
+            f"Device {device!r} is not available on this machine "
+            f"(available: {', '.join(available_devices())}). Use device='auto' or 'cpu'."
+        )
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed torch (and return a dedicated generator for shuffling)."""
+    torch.manual_seed(seed)
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return gen
+
+
+def _nbytes(x: ArrayLike) -> int:
+    if isinstance(x, torch.Tensor):
+        return x.element_size() * x.nelement()
+    if sp.issparse(x):
+        return int(np.prod(x.shape)) * 4  # densified float32
+    return np.asarray(x).nbytes
+
+
+class TensorStore:
+    """Row-indexable data for training.
+
+    Dense arrays become tensors; sparse matrices stay CSR on the host and only
+    the rows of a minibatch are densified. When everything fits
+    (``DEVICE_RESIDENT_BYTES``), all data is moved to the device once so a step
+    costs no host-to-device copy.
+    """
+
+    def __init__(self, data: Mapping[str, ArrayLike], device: torch.device):
+        if not data:
+            raise ValueError("No data to train on.")
+        sizes = {k: v.shape[0] for k, v in data.items()}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"All training arrays need the same number of rows, got {sizes}.")
+        self.n = next(iter(sizes.values()))
+        self.device = device
+        total = sum(_nbytes(v) for v in data.values())
+        self.resident = total <= DEVICE_RESIDENT_BYTES
+        self._data: dict[str, object] = {}
+        for key, value in data.items():
+            if sp.issparse(value):
+                value = sp.csr_matrix(value)
+                if self.resident:
+                    value = torch.as_tensor(value.toarray(), dtype=torch.float32)
+            elif not isinstance(value, torch.Tensor):
+                value = np.asarray(value)
+                dtype = torch.long if np.issubdtype(value.dtype, np.integer) and key.endswith("_index") else torch.float32
+                value = torch.as_tensor(value, dtype=dtype)
+            if isinstance(value, torch.Tensor) and self.resident:
+                value = value.to(device)
+            self._data[key] = value
+
+    def batch(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {}
+        for key, value in self._data.items():
+            if isinstance(value, torch.Tensor):
+                idx = index.to(value.device)
+                out[key] = value.index_select(0, idx).to(self.device, non_blocking=True)
+            else:  # scipy CSR on the host: densify only these rows
+                rows = value[index.cpu().numpy()].toarray()
+                out[key] = torch.as_tensor(rows, dtype=torch.float32).to(self.device)
+        out["index"] = index.to(self.device)
+        return out
+
+
+def split_indices(n: int, validation_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random train/validation split of ``n`` rows (validation empty when too small)."""
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    n_val = int(round(n * validation_fraction))
+    if validation_fraction <= 0 or n_val < 2 or n - n_val < 2:
+        return np.sort(perm), np.array([], dtype=int)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def train(
+    module: torch.nn.Module,
+    data: Mapping[str, ArrayLike],
+    loss_fn: Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor],
+    config: TrainingConfig | None = None,
+    *,
+    parameters: list[torch.nn.Parameter] | None = None,
+    train_index: np.ndarray | None = None,
+    val_index: np.ndarray | None = None,
+) -> Generator[ProgressEvent, None, TrainingHistory]:
+    """Train ``module`` by minimising ``loss_fn(module, batch)``; a generator.
+
+    Parameters
+    ----------
+    module
+        The network; moved to the resolved device.
+    data
+        Arrays with one row per observation (dense, scipy sparse or tensors).
+        Each batch is a dict of the same keys plus ``"index"`` (row numbers).
+    loss_fn
+        Mean loss per observation of a batch (a scalar tensor).
+    config
+        :class:`TrainingConfig`.
+    parameters
+        What to optimise (default: all of ``module``'s parameters).
+    train_index, val_index
+        Fixed split (default: a seeded random split by ``validation_fraction``).
+
+    Yields
+    ------
+    ProgressEvent
+        After every epoch (and every ``log_every`` steps).
+
+    Returns
+    -------
+    TrainingHistory
+        The module is left holding the weights of the best epoch.
+    """
+    config = config or TrainingConfig()
+    device = resolve_device(config.device)
+    shuffle_gen = seed_everything(config.seed)
+    module.to(device)
+    store = TensorStore(data, device)
+    if train_index is None:
+        train_index, val_index = split_indices(store.n, config.validation_fraction, config.seed)
+    train_idx = torch.as_tensor(np.asarray(train_index), dtype=torch.long)
+    val_idx = torch.as_tensor(np.asarray(val_index if val_index is not None else []), dtype=torch.long)
+    params = list(parameters) if parameters is not None else [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    batch_size = config.batch_size or len(train_idx)
+    batch_size = max(1, min(batch_size, len(train_idx)))
+    n_batches = int(np.ceil(len(train_idx) / batch_size))
+    # a last batch of one row breaks batch statistics: fold it into the previous one
+    if n_batches > 1 and len(train_idx) % batch_size == 1:
+        n_batches -= 1
+
+    history = TrainingHistory(device=str(device))
+    best_loss, best_state, bad_epochs = np.inf, None, 0
+    start = time.perf_counter()
+    step = 0
+    for epoch in range(1, config.max_epochs + 1):
+        module.train()
+        perm = train_idx[torch.randperm(len(train_idx), generator=shuffle_gen)]
+        chunks = torch.tensor_split(perm, n_batches)
+        total, count = 0.0, 0
+        for chunk in chunks:
+            batch = store.batch(chunk)
+            loss = loss_fn(module, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"The training loss became {loss.item()} at epoch {epoch}: "
+                    "check the input for extreme values, or lower the learning rate."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+            step += 1
+            total += loss.item() * len(chunk)
+            count += len(chunk)
+            if config.log_every and step % config.log_every == 0 and len(chunks) > 1:
+                yield ProgressEvent(epoch - 1, config.max_epochs, step, total / count, None,
+                                    time.perf_counter() - start)
+        train_loss = total / max(count, 1)
+        history.train_loss.append(train_loss)
+        val_loss = None
+        if len(val_idx):
+            module.eval()
+            with torch.no_grad():
+                vtotal = 0.0
+                for chunk in torch.split(val_idx, max(batch_size, 1024)):
+                    vtotal += loss_fn(module, store.batch(chunk)).item() * len(chunk)
+                val_loss = vtotal / len(val_idx)
+            history.val_loss.append(val_loss)
+        watched = val_loss if val_loss is not None else train_loss
+        if watched < best_loss - config.min_delta * max(1.0, abs(best_loss) if np.isfinite(best_loss) else 1.0):
+            best_loss, bad_epochs = watched, 0
+            history.best_epoch = epoch
+            best_state = copy.deepcopy(module.state_dict())
+        else:
+            bad_epochs += 1
+        history.n_epochs = epoch
+        yield ProgressEvent(epoch, config.max_epochs, step, train_loss, val_loss,
+                            time.perf_counter() - start)
+        if config.patience and bad_epochs >= config.patience:
+            history.stopped_early = True
+            break
+    if best_state is not None:
+        module.load_state_dict(best_state)
+    module.eval()
+    history.seconds = time.perf_counter() - start
+    return history
+
+
+def run_to_end(gen: Generator, callback: Callable[[ProgressEvent], None] | None = None):
+    """Consume a training/task generator, passing events to ``callback``; return its value."""
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if callback is not None:
+            callback(event)

@@ -1,0 +1,44 @@
+"""The scripting API: one function per task on AnnData, and their generator forms.
+
+``impute``/``integrate``/``deconvolve``/``annotate`` run to the end and return a
+:class:`TaskResult`; the ``*_iter`` forms are the generators the GUI runs in a
+worker thread (they yield :class:`~napari_spatialdl.models.ProgressEvent`).
+Results are written only when a run finishes.
+"""
+
+from ._base import TaskResult
+from ._registry import Method, get_method, list_methods, register
+from ._validate import InputError
+from .api import (
+    annotate,
+    annotate_iter,
+    deconvolve,
+    deconvolve_iter,
+    impute,
+    impute_iter,
+    integrate,
+    integrate_iter,
+    map_query,
+    map_query_iter,
+    run_task_iter,
+)
+
+__all__ = [
+    "InputError",
+    "Method",
+    "TaskResult",
+    "annotate",
+    "annotate_iter",
+    "deconvolve",
+    "deconvolve_iter",
+    "get_method",
+    "impute",
+    "impute_iter",
+    "integrate",
+    "integrate_iter",
+    "list_methods",
+    "map_query",
+    "map_query_iter",
+    "register",
+    "run_task_iter",
+]
