@@ -1,0 +1,522 @@
+"""AnnData -> napari layer data: the tissue image and the spots, coloured by what you choose.
+
+Pure functions (no napari, no Qt), in the style of napari-spatialdata: the factories return
+napari *layer-data tuples* ``(data, kwargs, layer_type)`` without adding them to a viewer, so
+the reader, :func:`napari_spatialdl.show`, the widgets and the tests all build the same layers.
+
+Conventions (DESIGN.md, "GUI behaviour"):
+
+- the tissue is an ``image`` layer in pixels of the image shown (hires, else lowres);
+- the spots are a ``points`` layer in ``(row, col) = (y, x)`` pixels of that image, of size the
+  spot diameter in those pixels; ``features`` hold the barcode and the coloured values (napari
+  shows them in the status bar when the mouse is over a spot);
+- ``metadata`` links back: ``{'adata', 'library_id', 'image_key', 'scalefactor', 'spatialdl_spots'}``.
+
+Colour keys: a gene (``var_names``, values from ``X`` or ``layers[layer]``), an ``obs`` column
+(categorical or numeric) or an ``obsm`` column written ``"obsm_key:column"`` (a DataFrame column
+name, or an integer index for arrays), e.g. ``"spatialdl_proportions:Astrocyte"``, ``"X_spatialdl:0"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .io._spatial import get_image, get_library_id, spot_diameter_px, spots_px
+
+LayerDataTuple = tuple[Any, dict, str]
+Kind = Literal["categorical", "numeric"]
+
+#: colour of spots with a missing value (NaN, missing category); scanpy's ``na_color`` family
+NA_COLOR = "#b4b4b4"
+#: obsm entries not offered as colours (coordinates, not measurements)
+_SKIP_OBSM = ("spatial",)
+#: arrays in obsm with more columns than this are not listed in the drop-downs (still usable by key)
+MAX_LISTED_OBSM_COLUMNS = 200
+
+#: metadata keys on the spots layer
+META_ADATA = "adata"
+META_FLAG = "spatialdl_spots"
+META_LEGEND = "spatialdl_legend"
+META_COLOR = "spatialdl_color"
+META_PINNED = "spatialdl_pinned_features"
+BARCODE = "barcode"
+
+
+class ColorKeyError(KeyError):
+    """A colour key that names nothing in the AnnData; the message lists what exists."""
+
+    def __str__(self) -> str:  # KeyError would print the repr of the message
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclass
+class LegendInfo:
+    """What a legend or colour bar shows for the current colouring.
+
+    Attributes
+    ----------
+    kind
+        ``"categorical"`` (swatches) or ``"numeric"`` (colour bar).
+    label
+        What is coloured (the key).
+    categories
+        Category -> hex colour, in the categories' order (categorical only).
+    cmap
+        Matplotlib colormap name (numeric only).
+    limits
+        ``(low, high)`` values at the ends of the colour bar (numeric only).
+    n_missing
+        Number of spots with no value (drawn in :data:`NA_COLOR`).
+    """
+
+    kind: Kind
+    label: str = ""
+    categories: dict[str, str] = field(default_factory=dict)
+    cmap: str | None = None
+    limits: tuple[float, float] | None = None
+    n_missing: int = 0
+    na_color: str = NA_COLOR
+
+
+# ---------------------------------------------------------------------------------------------
+# keys and values
+# ---------------------------------------------------------------------------------------------
+
+
+def _limited(names: Sequence[str], n: int = 12) -> str:
+    names = list(map(str, names))
+    if len(names) <= n:
+        return ", ".join(names) if names else "none"
+    return ", ".join(names[:n]) + f", ... ({len(names)} in all)"
+
+
+def colorable_keys(adata: Any) -> dict[str, list[str]]:
+    """Everything the spots can be coloured by, for drop-downs.
+
+    Returns
+    -------
+    dict
+        ``{"genes": var_names, "obs": obs columns, "obsm": ["obsm_key:column", ...]}``.
+        ``obsm['spatial']`` is left out, and arrays with more than
+        :data:`MAX_LISTED_OBSM_COLUMNS` columns are not enumerated.
+    """
+    obsm: list[str] = []
+    for key in adata.obsm.keys():
+        if key in _SKIP_OBSM:
+            continue
+        value = adata.obsm[key]
+        if isinstance(value, pd.DataFrame):
+            obsm.extend(f"{key}:{col}" for col in value.columns)
+            continue
+        shape = getattr(value, "shape", ())
+        if len(shape) == 1:
+            obsm.append(f"{key}:0")
+        elif len(shape) == 2 and shape[1] <= MAX_LISTED_OBSM_COLUMNS:
+            obsm.extend(f"{key}:{i}" for i in range(shape[1]))
+    return {
+        "genes": [str(g) for g in adata.var_names],
+        "obs": [str(c) for c in adata.obs.columns],
+        "obsm": obsm,
+    }
+
+
+def _is_categorical_series(values: pd.Series) -> bool:
+    return (
+        isinstance(values.dtype, pd.CategoricalDtype)
+        or pd.api.types.is_bool_dtype(values.dtype)
+        or pd.api.types.is_object_dtype(values.dtype)
+        or pd.api.types.is_string_dtype(values.dtype)
+    )
+
+
+def _from_series(values: pd.Series, what: str) -> tuple[pd.Categorical | np.ndarray, Kind]:
+    if _is_categorical_series(values):
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            cat = pd.Categorical(values.to_numpy(), dtype=values.dtype)
+        else:
+            non_null = values[values.notna()]
+            cat = pd.Categorical(values.to_numpy(), categories=sorted(non_null.unique(), key=str))
+            # mixed types / booleans: categories as strings keep legends readable
+        return cat, "categorical"
+    if pd.api.types.is_numeric_dtype(values.dtype):
+        return values.to_numpy(dtype=np.float64, na_value=np.nan), "numeric"
+    raise ColorKeyError(f"{what} holds values of type {values.dtype}, which cannot be coloured.")
+
+
+def _gene_values(adata: Any, gene: str, layer: str | None) -> np.ndarray:
+    idx = adata.var_names.get_loc(gene)
+    if not isinstance(idx, (int, np.integer)):
+        raise ColorKeyError(
+            f"Gene {gene!r} appears more than once in var_names; make them unique first "
+            "(adata.var_names_make_unique())."
+        )
+    if layer is None:
+        matrix = adata.X
+        where = "adata.X"
+    else:
+        if layer not in adata.layers:
+            raise ColorKeyError(
+                f"layer={layer!r} is not in adata.layers; available: {_limited(list(adata.layers))} "
+                "(or layer=None for adata.X)."
+            )
+        matrix = adata.layers[layer]
+        where = f"adata.layers[{layer!r}]"
+    if matrix is None:
+        raise ColorKeyError(f"{where} is empty, so gene {gene!r} has no values to colour by.")
+    column = matrix[:, idx]
+    if sp.issparse(column):
+        column = column.toarray()
+    column = np.asarray(column, dtype=np.float64).ravel()
+    return column
+
+
+def _obsm_values(adata: Any, key: str) -> tuple[pd.Categorical | np.ndarray, Kind] | None:
+    if ":" not in key:
+        return None
+    obsm_key, _, column = key.partition(":")
+    # the obsm key itself may contain ':'; try the longest prefix that exists
+    if obsm_key not in adata.obsm:
+        candidates = [k for k in adata.obsm.keys() if key.startswith(f"{k}:")]
+        if not candidates:
+            return None
+        obsm_key = max(candidates, key=len)
+        column = key[len(obsm_key) + 1 :]
+    value = adata.obsm[obsm_key]
+    what = f"adata.obsm[{obsm_key!r}]"
+    if isinstance(value, pd.DataFrame):
+        if column in value.columns:
+            return _from_series(value[column], f"{what}[{column!r}]")
+        matches = [c for c in value.columns if str(c) == column]
+        if matches:
+            return _from_series(value[matches[0]], f"{what}[{column!r}]")
+        if column.lstrip("-").isdigit() and -value.shape[1] <= int(column) < value.shape[1]:
+            return _from_series(value.iloc[:, int(column)], f"{what} column {column}")
+        raise ColorKeyError(
+            f"{what} has no column {column!r}; columns: {_limited(list(value.columns))}."
+        )
+    arr = value.toarray() if sp.issparse(value) else np.asarray(value)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if not column.lstrip("-").isdigit():
+        raise ColorKeyError(
+            f"{what} is an array without column names: write the column as an index, "
+            f"e.g. '{obsm_key}:0' (0 to {arr.shape[1] - 1})."
+        )
+    i = int(column)
+    if not -arr.shape[1] <= i < arr.shape[1]:
+        raise ColorKeyError(f"{what} has {arr.shape[1]} columns; index {i} is out of range.")
+    return _from_series(pd.Series(arr[:, i]), f"{what}[:, {i}]")
+
+
+def spot_values(
+    adata: Any, key: str, *, layer: str | None = None
+) -> tuple[pd.Categorical | np.ndarray, Kind]:
+    """The per-spot values that ``key`` names, and whether they are categories or numbers.
+
+    Parameters
+    ----------
+    adata
+        The spots' AnnData.
+    key
+        An ``obs`` column, a gene in ``var_names``, or ``"obsm_key:column"`` (a DataFrame column
+        name, or an integer index for arrays). An ``obs`` column wins over a gene of the same name.
+    layer
+        For genes: the ``adata.layers`` entry to read instead of ``adata.X``.
+
+    Returns
+    -------
+    values, kind
+        ``(pandas.Categorical, "categorical")`` for categorical/string/boolean columns, else
+        ``(float ndarray, "numeric")`` with NaN where missing. Length ``n_obs``.
+
+    Raises
+    ------
+    ColorKeyError
+        When ``key`` names nothing; the message lists the obs columns, obsm keys and some genes.
+    """
+    key = str(key)
+    if key in adata.obs.columns:
+        return _from_series(adata.obs[key], f"adata.obs[{key!r}]")
+    if key in adata.var_names:
+        return _gene_values(adata, key, layer), "numeric"
+    found = _obsm_values(adata, key)
+    if found is not None:
+        return found
+    obsm = [k for k in adata.obsm.keys() if k not in _SKIP_OBSM]
+    raise ColorKeyError(
+        f"{key!r} is not an obs column, a gene, or 'obsm_key:column'. "
+        f"obs columns: {_limited(list(adata.obs.columns))}; "
+        f"obsm keys: {_limited(obsm)} (write e.g. '{obsm[0] if obsm else 'X_spatialdl'}:0'); "
+        f"genes ({adata.n_vars}): {_limited(list(adata.var_names), 8)}."
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# colours
+# ---------------------------------------------------------------------------------------------
+
+
+def default_palette(n: int) -> list[str]:
+    """scanpy's default categorical palette for ``n`` categories (20, 28 or 102 colours)."""
+    from scanpy.plotting.palettes import default_20, default_28, default_102
+
+    for palette in (default_20, default_28, default_102):
+        if n <= len(palette):
+            return list(palette[:n])
+    # more than 102 categories: cycle (scanpy would give up and paint them grey)
+    return [default_102[i % len(default_102)] for i in range(n)]
+
+
+def _to_rgba(colors: Sequence[Any]) -> np.ndarray:
+    from matplotlib.colors import to_rgba_array
+
+    return np.asarray(to_rgba_array(list(colors)), dtype=np.float32)
+
+
+def _to_hex(color: Any) -> str:
+    from matplotlib.colors import to_hex
+
+    return to_hex(color, keep_alpha=False)
+
+
+def categories_colors_for(adata: Any, key: str, categories: Sequence[Any]) -> list[str] | None:
+    """``adata.uns[f"{key}_colors"]`` when it matches ``categories`` (scanpy's convention), else None."""
+    colors = adata.uns.get(f"{key}_colors") if hasattr(adata, "uns") else None
+    if colors is None:
+        return None
+    colors = list(np.asarray(colors).ravel())
+    if len(colors) < len(categories):
+        return None
+    try:
+        _to_rgba(colors[: len(categories)])
+    except ValueError:
+        return None
+    return [str(c) for c in colors[: len(categories)]]
+
+
+def color_for(
+    values: Any,
+    kind: Kind,
+    *,
+    categories_colors: Sequence[Any] | Mapping[Any, Any] | None = None,
+    cmap: str = "viridis",
+    contrast_limits: tuple[float, float] | None = None,
+    label: str = "",
+) -> tuple[np.ndarray, LegendInfo]:
+    """RGBA colours of the spots and what the legend shows.
+
+    Parameters
+    ----------
+    values
+        From :func:`spot_values`: categories (``pandas.Categorical`` or anything
+        ``pandas.Categorical`` accepts) or numbers.
+    kind
+        ``"categorical"`` or ``"numeric"``.
+    categories_colors
+        Categorical only: one colour per category in order (as in ``adata.uns['<key>_colors']``)
+        or a mapping category -> colour; default scanpy's palette.
+    cmap
+        Numeric only: a matplotlib colormap name.
+    contrast_limits
+        Numeric only: values mapped to the two ends of the colormap; default the values' min, max.
+    label
+        What is coloured, for the legend title.
+
+    Returns
+    -------
+    rgba, legend
+        ``(n, 4)`` float32 colours in [0, 1] (missing values grey, :data:`NA_COLOR`) and a
+        :class:`LegendInfo`.
+    """
+    if kind == "categorical":
+        cat = values if isinstance(values, pd.Categorical) else pd.Categorical(values)
+        categories = list(cat.categories)
+        if isinstance(categories_colors, Mapping):
+            palette = [categories_colors.get(c, categories_colors.get(str(c), NA_COLOR)) for c in categories]
+        elif categories_colors is not None and len(categories_colors) >= len(categories):
+            palette = list(categories_colors)[: len(categories)]
+        else:
+            palette = default_palette(len(categories))
+        lut = _to_rgba([*palette, NA_COLOR]) if categories else _to_rgba([NA_COLOR])
+        codes = np.asarray(cat.codes).copy()
+        codes[codes < 0] = len(categories)  # missing -> the NA colour at the end
+        rgba = lut[codes]
+        legend = LegendInfo(
+            kind="categorical",
+            label=label,
+            categories={str(c): _to_hex(p) for c, p in zip(categories, palette)},
+            n_missing=int((np.asarray(cat.codes) < 0).sum()),
+        )
+        return rgba, legend
+    if kind != "numeric":
+        raise ValueError(f"kind must be 'categorical' or 'numeric', not {kind!r}.")
+    import matplotlib
+
+    x = np.asarray(values, dtype=np.float64).ravel()
+    finite = np.isfinite(x)
+    if contrast_limits is None:
+        lo, hi = (float(x[finite].min()), float(x[finite].max())) if finite.any() else (0.0, 1.0)
+    else:
+        lo, hi = (float(contrast_limits[0]), float(contrast_limits[1]))
+        if not (np.isfinite(lo) and np.isfinite(hi)) or hi < lo:
+            raise ValueError(f"contrast_limits must be two finite numbers low <= high, not {contrast_limits!r}.")
+    try:
+        colormap = matplotlib.colormaps[cmap]
+    except KeyError as err:
+        raise ValueError(
+            f"Unknown colormap {cmap!r}; use a matplotlib name such as viridis, magma, inferno, "
+            "plasma, cividis, Reds, Blues, coolwarm."
+        ) from err
+    span = hi - lo
+    scaled = np.clip((x - lo) / span, 0.0, 1.0) if span > 0 else np.full_like(x, 0.5)
+    rgba = np.asarray(colormap(np.where(finite, scaled, 0.0)), dtype=np.float32)
+    rgba[~finite] = _to_rgba([NA_COLOR])[0]
+    legend = LegendInfo(
+        kind="numeric", label=label, cmap=cmap, limits=(lo, hi), n_missing=int((~finite).sum())
+    )
+    return rgba, legend
+
+
+def spot_colors(
+    adata: Any,
+    key: str,
+    *,
+    layer: str | None = None,
+    cmap: str = "viridis",
+    contrast_limits: tuple[float, float] | None = None,
+) -> tuple[np.ndarray, LegendInfo, pd.Categorical | np.ndarray]:
+    """:func:`spot_values` + :func:`color_for`, categorical colours from ``adata.uns[f"{key}_colors"]``.
+
+    Returns
+    -------
+    rgba, legend, values
+    """
+    values, kind = spot_values(adata, key, layer=layer)
+    colors = None
+    if kind == "categorical":
+        colors = categories_colors_for(adata, key, list(values.categories))
+    label = key if layer is None or key not in adata.var_names else f"{key} ({layer})"
+    rgba, legend = color_for(values, kind, categories_colors=colors, cmap=cmap,
+                             contrast_limits=contrast_limits, label=label)
+    return rgba, legend, values
+
+
+def feature_column(values: pd.Categorical | np.ndarray) -> pd.Series | np.ndarray:
+    """Values as a ``layer.features`` column (categorical stays categorical)."""
+    if isinstance(values, pd.Categorical):
+        return pd.Series(values)
+    return np.asarray(values)
+
+
+def spot_features(adata: Any, keys: Sequence[str] = (), *, layer: str | None = None) -> pd.DataFrame:
+    """The ``features`` table of the spots layer: the barcode, then one column per key."""
+    table = pd.DataFrame({BARCODE: np.asarray(adata.obs_names, dtype=object)})
+    for key in keys:
+        values, _ = spot_values(adata, key, layer=layer)
+        table[str(key)] = feature_column(values)
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# layer factories
+# ---------------------------------------------------------------------------------------------
+
+
+def _image_kwargs(img: np.ndarray, name: str, scalefactor: float) -> dict:
+    rgb = img.ndim == 3 and img.shape[2] in (3, 4)
+    kwargs: dict[str, Any] = {"name": name, "rgb": rgb, "metadata": {"spatialdl_image": True,
+                                                                     "scalefactor": scalefactor}}
+    if np.issubdtype(img.dtype, np.floating):
+        hi = 1.0 if float(np.nanmax(img)) <= 1.0 else float(np.nanmax(img))
+        kwargs["contrast_limits"] = (0.0, hi)
+    elif np.issubdtype(img.dtype, np.integer) and not rgb:
+        kwargs["contrast_limits"] = (0.0, float(np.iinfo(img.dtype).max))
+    return kwargs
+
+
+def spatial_layers(
+    adata: Any,
+    *,
+    library_id: str | None = None,
+    image_key: str = "auto",
+    color: str | None = None,
+    name: str | None = None,
+    layer: str | None = None,
+    cmap: str = "viridis",
+    features: Sequence[str] = (),
+) -> list[LayerDataTuple]:
+    """napari layer data for a spatial AnnData: the tissue image (if any) and the spots.
+
+    Parameters
+    ----------
+    adata
+        AnnData with ``obsm['spatial']`` (x, y in full-resolution pixels) and, for the image,
+        ``uns['spatial'][library_id]`` with ``images`` and ``scalefactors``.
+    library_id
+        Which library's image and scale factors; ``None`` picks the only one.
+    image_key
+        ``"hires"``, ``"lowres"`` or ``"auto"`` (hires unless missing/blank, then lowres).
+    color
+        What to colour the spots by (see :func:`spot_values`); ``None``: one plain colour.
+    name
+        Base name of the layers (default: the library id, else ``"spots"``).
+    layer
+        For a gene ``color``: the ``adata.layers`` entry to read instead of ``X``.
+    cmap
+        Colormap for numeric colours.
+    features
+        More keys (see :func:`spot_values`) to put in the layer's ``features`` (shown on hover).
+
+    Returns
+    -------
+    list of (data, kwargs, layer_type)
+        ``[image tuple, points tuple]``, or only the points tuple when there is no image. The
+        points are ``(row, col)`` pixels of the image shown; ``kwargs['size']`` is the spot
+        diameter in those pixels; ``kwargs['metadata']`` links back to ``adata``.
+    """
+    lib = get_library_id(adata, library_id)
+    img, scalef, key = get_image(adata, lib, image_key)
+    used_key = key if key is not None else "auto"
+    xy = spots_px(adata, lib, used_key)
+    diameter = spot_diameter_px(adata, lib, used_key)
+    base = name or (str(lib) if lib is not None else "spots")
+
+    out: list[LayerDataTuple] = []
+    if img is not None:
+        out.append((img, _image_kwargs(np.asarray(img), f"{base} image", scalef), "image"))
+
+    pinned = [str(k) for k in features]
+    table = spot_features(adata, pinned, layer=None)
+    metadata: dict[str, Any] = {
+        META_ADATA: adata,
+        "library_id": lib,
+        "image_key": key,
+        "scalefactor": scalef,
+        META_FLAG: True,
+        META_PINNED: pinned,
+    }
+    if color is not None:
+        rgba, legend, values = spot_colors(adata, color, layer=layer, cmap=cmap)
+        table[str(color)] = feature_column(values)
+        metadata[META_LEGEND] = legend
+        metadata[META_COLOR] = {"key": str(color), "layer": layer, "cmap": cmap, "contrast_limits": None}
+        face = rgba
+    else:
+        face = np.tile(_to_rgba(["#ff7f0e"]), (adata.n_obs, 1))  # plain orange spots
+    points_kwargs = {
+        "name": f"{base} spots",
+        "size": float(diameter),
+        "face_color": face,
+        "border_width": 0.0,
+        "opacity": 1.0,
+        "features": table,
+        "metadata": metadata,
+    }
+    out.append((np.asarray(xy[:, ::-1], dtype=np.float64), points_kwargs, "points"))
+    return out
