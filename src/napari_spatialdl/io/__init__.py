@@ -3,26 +3,71 @@
 Everything spatial follows the Space Ranger/squidpy layout: ``obsm['spatial']`` holds spot
 centres (x, y) in full-resolution pixels, ``uns['spatial'][library_id]`` the images and scale
 factors. See :mod:`napari_spatialdl.io._spatial`.
+
+Names are imported on first use, so that napari's reader check (:mod:`._npe2`) stays fast.
 """
 
 from __future__ import annotations
 
-from ._spatial import (
-    SpatialDataError,
-    get_image,
-    get_library_id,
-    image_problem,
-    spot_diameter_px,
-    spots_px,
-    validate_spatial,
-)
+import importlib
+from typing import TYPE_CHECKING
+
+_LAZY = {
+    "SpatialDataError": "._spatial",
+    "full_res_coordinates": "._spatial",
+    "get_image": "._spatial",
+    "get_library_id": "._spatial",
+    "image_problem": "._spatial",
+    "spot_diameter_px": "._spatial",
+    "spots_px": "._spatial",
+    "validate_spatial": "._spatial",
+    "find_spaceranger_root": "._visium",
+    "read_visium": "._visium",
+    "read_h5ad": "._h5ad",
+    "read_counts_csv": "._csv",
+    "write_h5ad": "._write",
+}
 
 __all__ = [
     "SpatialDataError",
+    "find_spaceranger_root",
+    "full_res_coordinates",
     "get_image",
     "get_library_id",
     "image_problem",
+    "read_counts_csv",
+    "read_h5ad",
+    "read_visium",
     "spot_diameter_px",
     "spots_px",
     "validate_spatial",
+    "write_h5ad",
 ]
+
+if TYPE_CHECKING:
+    from ._csv import read_counts_csv
+    from ._h5ad import read_h5ad
+    from ._spatial import (
+        SpatialDataError,
+        full_res_coordinates,
+        get_image,
+        get_library_id,
+        image_problem,
+        spot_diameter_px,
+        spots_px,
+        validate_spatial,
+    )
+    from ._visium import find_spaceranger_root, read_visium
+    from ._write import write_h5ad
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

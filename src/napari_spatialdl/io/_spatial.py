@@ -21,8 +21,8 @@ import numpy as np
 
 SPATIAL_KEY = "spatial"
 IMAGE_KEYS = ("hires", "lowres")  # preference order of image_key="auto"
-# Visium geometry: 55 µm spots on a 100 µm centre-to-centre lattice.
-VISIUM_DIAMETER_TO_PITCH = 0.55
+# Space Ranger's spot_diameter_fullres is that of a 65 µm spot; Visium centres are 100 µm apart.
+VISIUM_DIAMETER_TO_PITCH = 0.65
 _MIN_INSIDE_FRACTION = 0.5
 
 
@@ -313,11 +313,40 @@ def _median_nn_distance(xy: np.ndarray) -> float | None:
     return float(np.median(dist[:, 1]))
 
 
+def _visium_pitch(adata: Any, xy: np.ndarray) -> float | None:
+    """Centre-to-centre spot distance from the Visium grid indices (exact even for sparse spots).
+
+    On the Visium hexagonal grid neighbours differ by 2 in ``array_col`` within a row, and by 1 in
+    both ``array_row`` and ``array_col`` across rows; so (col / 2, row * sqrt(3) / 2) is the spot
+    position in units of the pitch, and pixels per pitch follow from any pair of spots.
+    """
+    obs = getattr(adata, "obs", None)
+    if obs is None or not {"array_row", "array_col"} <= set(obs.columns) or len(xy) < 2:
+        return None
+    try:
+        grid = np.column_stack([obs["array_col"].to_numpy(float) / 2,
+                                obs["array_row"].to_numpy(float) * np.sqrt(3) / 2])
+    except (TypeError, ValueError):
+        return None
+    if not np.isfinite(grid).all():
+        return None
+    from scipy.spatial import cKDTree
+
+    _, idx = cKDTree(xy).query(xy, k=2)
+    d_px = np.linalg.norm(xy - xy[idx[:, 1]], axis=1)
+    d_grid = np.linalg.norm(grid - grid[idx[:, 1]], axis=1)
+    ok = (d_grid > 0) & (d_px > 0)
+    if not ok.any():
+        return None
+    return float(np.median(d_px[ok] / d_grid[ok]))
+
+
 def spot_diameter_px(adata: Any, library_id: str | None = None, image_key: str = "auto") -> float:
     """Spot diameter in pixels of the image :func:`get_image` picks.
 
-    ``scalefactors['spot_diameter_fullres'] * scalef`` when known; otherwise estimated from the
-    spot layout as 0.55 x the median nearest-neighbour distance (Visium: 55 µm spots, 100 µm apart).
+    ``scalefactors['spot_diameter_fullres'] * scalef`` when known; otherwise estimated as 0.65 x the
+    centre-to-centre distance (as Space Ranger defines it: a 65 µm spot, centres 100 µm apart), taken from the grid indices
+    ``obs['array_row'|'array_col']`` when present, else from the median nearest-neighbour distance.
     A ``UserWarning`` says so when an image with scale factors exists but the diameter is missing.
     """
     lib, _, scalefactors = _library(adata, library_id)
@@ -330,7 +359,7 @@ def spot_diameter_px(adata: Any, library_id: str | None = None, image_key: str =
         if np.isfinite(diameter) and diameter > 0:
             return diameter * scalef
     xy = _to_image_px(adata, library_id, full_res_coordinates(adata), img, scalef, key)
-    nn = _median_nn_distance(xy)
+    nn = _visium_pitch(adata, xy) or _median_nn_distance(xy)
     if nn is None or nn <= 0:
         estimate = 1.0 if img is None else max(1.0, 0.01 * max(img.shape[:2]))
     else:

@@ -1,0 +1,177 @@
+"""npe2 reader and writer commands (see napari.yaml). No napari import at module level.
+
+The reader claims a path only when it can read it: a Space Ranger output folder (or its parent
+holding ``outs``), an ``.h5ad`` file, or a counts CSV with a coordinates CSV beside it
+(``coords.csv``, ``coordinates.csv``, ``spatial.csv``, ``positions.csv``). For anything else it
+returns None at once, so napari can try other readers.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ._spatial import SpatialDataError
+
+COORD_NAMES = ("coords.csv", "coordinates.csv", "spatial.csv", "positions.csv")
+LABEL_NAMES = ("cell_types.csv", "labels.csv", "celltypes.csv")
+_MIN_COUNT_COLUMNS = 4  # a counts table has many columns; coords/labels tables have 1-3
+
+LayerData = tuple[Any, dict, str]
+
+
+def _first_path(path: str | Path | Sequence[str | Path]) -> Path | None:
+    if isinstance(path, list | tuple):
+        if not path:
+            return None
+        path = path[0]
+    if not isinstance(path, str | Path):
+        return None
+    return Path(path)
+
+
+def _is_csv(p: Path) -> bool:
+    name = p.name.lower()
+    return name.endswith(".csv") or name.endswith(".csv.gz")
+
+
+def _header_columns(p: Path) -> int:
+    opener = gzip.open if p.name.lower().endswith(".gz") else open
+    try:
+        with opener(p, "rt") as fh:
+            line = fh.readline(1 << 20)
+    except (OSError, UnicodeDecodeError, EOFError):
+        return 0
+    return line.count(",") + 1 if line.strip() else 0
+
+
+def _csv_partner(p: Path, names: Sequence[str]) -> Path | None:
+    for name in names:
+        other = p.parent / name
+        if other != p and other.is_file():
+            return other
+    return None
+
+
+def _spatial_layers(adata: Any) -> list[LayerData]:
+    from napari_spatialdl.layers import spatial_layers
+
+    return spatial_layers(adata)
+
+
+def _visium_reader(path: Path) -> Callable[[Any], list[LayerData]]:
+    def reader(_: Any) -> list[LayerData]:
+        from ._visium import read_visium
+
+        return _spatial_layers(read_visium(path))
+
+    return reader
+
+
+def _h5ad_reader(path: Path) -> Callable[[Any], list[LayerData]]:
+    def reader(_: Any) -> list[LayerData]:
+        from ._h5ad import read_h5ad
+
+        adata = read_h5ad(path)
+        if "spatial" not in adata.obsm:
+            raise SpatialDataError(
+                f"{path.name} has no spot coordinates (obsm['spatial']), so there is nothing to place "
+                "on a tissue. Load it in Python (napari_spatialdl.read_h5ad) to use it as a reference, "
+                "or add adata.obsm['spatial'] (x, y per spot) and save it again."
+            )
+        return _spatial_layers(adata)
+
+    return reader
+
+
+def _csv_reader(counts: Path, coords: Path, labels: Path | None) -> Callable[[Any], list[LayerData]]:
+    def reader(_: Any) -> list[LayerData]:
+        from ._csv import read_counts_csv
+
+        return _spatial_layers(read_counts_csv(counts, coords, labels=labels))
+
+    return reader
+
+
+def get_reader(path: str | Path | Sequence[str | Path]) -> Callable[[Any], list[LayerData]] | None:
+    """npe2 reader command: a reader function for ``path``, or None when this plugin cannot read it.
+
+    Parameters
+    ----------
+    path
+        A path, or a list of paths (the first is read).
+
+    Returns
+    -------
+    callable or None
+        A function returning napari layer data tuples (tissue Image + spots Points, the AnnData in
+        the Points layer's ``metadata['adata']``), or None for paths this plugin does not read.
+    """
+    from ._visium import find_spaceranger_root
+
+    p = _first_path(path)
+    if p is None:
+        return None
+    if p.is_dir():
+        root = find_spaceranger_root(p)
+        return _visium_reader(root) if root is not None else None
+    if not p.is_file():
+        return None
+    if p.name.lower().endswith(".h5ad"):
+        return _h5ad_reader(p)
+    if _is_csv(p) and p.name.lower() not in COORD_NAMES + LABEL_NAMES:
+        coords = _csv_partner(p, COORD_NAMES)
+        if coords is not None and _header_columns(p) >= _MIN_COUNT_COLUMNS:
+            return _csv_reader(p, coords, _csv_partner(p, LABEL_NAMES))
+    return None
+
+
+def _find_adata(layer_data: Sequence[LayerData]) -> Any:
+    from anndata import AnnData
+
+    found: list[tuple[AnnData, str]] = []
+    for item in layer_data:
+        if not isinstance(item, tuple | list) or len(item) < 2:
+            continue
+        attributes = item[1] if isinstance(item[1], dict) else {}
+        layer_type = item[2] if len(item) > 2 else "?"
+        adata = (attributes.get("metadata") or {}).get("adata")
+        if isinstance(adata, AnnData) and all(adata is not a for a, _ in found):
+            found.append((adata, attributes.get("name") or layer_type))
+    if not found:
+        names = ", ".join(str((item[1] or {}).get("name", "?")) for item in layer_data if len(item) > 1) or "none"
+        raise SpatialDataError(
+            f"None of the layers to save ({names}) carries an AnnData (metadata['adata']): only spot "
+            "layers made by napari-spatialdl (opened from a Visium folder, .h5ad or counts CSV) can "
+            "be saved as .h5ad. Select that Points layer and save again."
+        )
+    if len(found) > 1:
+        raise SpatialDataError(
+            f"The layers to save carry {len(found)} different AnnData objects "
+            f"({', '.join(name for _, name in found)}); one .h5ad holds one. Select one spots layer."
+        )
+    return found[0][0]
+
+
+def write_h5ad(path: str, layer_data: list[LayerData]) -> list[str]:
+    """npe2 writer command: save the AnnData behind the selected spots layer to ``path``.
+
+    Parameters
+    ----------
+    path
+        Target ``.h5ad`` file.
+    layer_data
+        ``(data, attributes, layer_type)`` tuples of the selected layers; the AnnData is found in
+        ``attributes['metadata']['adata']`` (put there by napari-spatialdl's layers).
+
+    Returns
+    -------
+    list of str
+        The written path.
+    """
+    from ._write import write_h5ad as _write
+
+    adata = _find_adata(layer_data)
+    return [str(_write(adata, path))]
