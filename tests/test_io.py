@@ -105,7 +105,8 @@ def all_positions(sr_dir: Path, visium: ad.AnnData) -> ad.AnnData:
 def test_read_visium_spaceranger_1(visium: ad.AnnData, sr_dir: Path):
     a = visium
     assert a.shape == (100, 100)
-    X = a.X.toarray() if sp.issparse(a.X) else a.X
+    assert sp.issparse(a.X) and a.X.dtype == np.float32
+    X = a.X.toarray()
     assert X.min() >= 0 and np.all(X == np.round(X)) and X.sum() > 0
     assert a.var_names.is_unique
     assert {"in_tissue", "array_row", "array_col"} <= set(a.obs.columns)
@@ -261,6 +262,7 @@ def test_missing_coordinates_error():
         spots_px(a)
 
 
+@pytest.mark.filterwarnings("ignore:Library 'custom'.*hires:UserWarning")
 def test_diameter_estimated_when_missing(visium: ad.AnnData, all_positions: ad.AnnData):
     a = _fresh(visium)
     del a.uns["spatial"]["custom"]["scalefactors"]["spot_diameter_fullres"]
@@ -350,6 +352,17 @@ def test_read_counts_csv_reference(hippo: Path):
     np.testing.assert_array_equal(a.X.toarray(), b.X.toarray())
 
 
+def test_read_counts_csv_cells_by_genes(tmp_path: Path, hippo: Path):
+    """A cells x genes table is recognised from the barcodes of the coordinates file."""
+    table = pd.read_csv(hippo / "spatial/counts.csv", index_col=0)
+    table.T.to_csv(tmp_path / "cells_by_genes.csv")
+    a = read_counts_csv(tmp_path / "cells_by_genes.csv", hippo / "spatial/coords.csv")
+    b = read_counts_csv(hippo / "spatial/counts.csv", hippo / "spatial/coords.csv")
+    assert a.shape == (313, 276)
+    np.testing.assert_array_equal(a.X.toarray(), b.X.toarray())
+    np.testing.assert_array_equal(a.obsm["spatial"], b.obsm["spatial"])
+
+
 def test_read_counts_csv_barcode_mismatch(tmp_path: Path, hippo: Path):
     coords = pd.read_csv(hippo / "spatial/coords.csv", index_col=0)
     coords.index = coords.index.str.replace("-1", "-9")
@@ -430,7 +443,6 @@ def test_get_reader_declines_unrelated_paths(tmp_path: Path, hippo: Path, sr_dir
 
 
 def test_reader_returns_layers(sr_dir: Path, hippo: Path):
-    pytest.importorskip("napari_spatialdl.layers")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         layers = get_reader(str(sr_dir))(str(sr_dir))
@@ -458,6 +470,24 @@ def test_npe2_writer(tmp_path: Path, visium: ad.AnnData):
     two = [*layer_data, (np.zeros((1, 2)), {"name": "other", "metadata": {"adata": visium.copy()}}, "points")]
     with pytest.raises(SpatialDataError, match="2 different AnnData"):
         npe2_write_h5ad(str(tmp_path / "y.h5ad"), two)
+    # npe2's single-layer writer signature (path, data, attributes)
+    written = npe2_write_h5ad(str(tmp_path / "single.h5ad"), *layer_data[1][:2])
+    assert ad.read_h5ad(written[0]).shape == (100, 100)
+
+
+def test_npe2_read_and_write_through_manifest(tmp_path: Path, sr_dir: Path):
+    """What napari does on File > Open / Save: npe2 finds our commands from the manifest."""
+    import npe2
+
+    npe2.PluginManager.instance().discover()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        layers = npe2.read([str(sr_dir)], stack=False, plugin_name="napari-spatialdl")
+    points = [layer for layer in layers if layer[2] == "points"]
+    assert len(points) == 1 and points[0][1]["metadata"]["adata"].n_obs == 100
+    written = npe2.write(str(tmp_path / "saved.h5ad"), points, plugin_name="napari-spatialdl")
+    assert written == [str(tmp_path / "saved.h5ad")]
+    assert ad.read_h5ad(written[0]).shape == (100, 100)
 
 
 def test_manifest_reader_writer_resolve():

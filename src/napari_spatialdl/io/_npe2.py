@@ -155,8 +155,11 @@ def _find_adata(layer_data: Sequence[LayerData]) -> Any:
     return found[0][0]
 
 
-def write_h5ad(path: str, layer_data: list[LayerData]) -> list[str]:
+def write_h5ad(path: str, layer_data: Any, attributes: dict | None = None) -> list[str]:
     """npe2 writer command: save the AnnData behind the selected spots layer to ``path``.
+
+    Works with both npe2 writer signatures: the multiple-layer one ``(path, layer_data)`` and the
+    single-layer one ``(path, data, attributes)`` that npe2 uses when the manifest allows one layer.
 
     Parameters
     ----------
@@ -164,7 +167,10 @@ def write_h5ad(path: str, layer_data: list[LayerData]) -> list[str]:
         Target ``.h5ad`` file.
     layer_data
         ``(data, attributes, layer_type)`` tuples of the selected layers; the AnnData is found in
-        ``attributes['metadata']['adata']`` (put there by napari-spatialdl's layers).
+        ``attributes['metadata']['adata']`` (put there by napari-spatialdl's layers). With the
+        single-layer signature: the layer's data.
+    attributes
+        Only with the single-layer signature: the layer's attributes.
 
     Returns
     -------
@@ -173,5 +179,7 @@ def write_h5ad(path: str, layer_data: list[LayerData]) -> list[str]:
     """
     from ._write import write_h5ad as _write
 
+    if attributes is not None:
+        layer_data = [(layer_data, attributes, "points")]
     adata = _find_adata(layer_data)
     return [str(_write(adata, path))]

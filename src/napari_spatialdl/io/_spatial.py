@@ -13,6 +13,8 @@ Every function here only reads the AnnData; none modifies it.
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -28,6 +30,15 @@ _MIN_INSIDE_FRACTION = 0.5
 
 class SpatialDataError(ValueError):
     """Bad spatial input: the message names the problem and how to fix it."""
+
+
+def _warn(message: str) -> None:
+    """A UserWarning attributed to the first caller outside this package's io folder."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(here):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level)
 
 
 def _spatial_uns(adata: Any) -> Mapping | None:
@@ -197,17 +208,13 @@ def get_image(
             problem = image_problem(images[key])
             if problem is None:
                 if rejected:
-                    warnings.warn(
-                        f"Library {lib!r}: {'; '.join(rejected)}. Using the {key!r} image instead.",
-                        UserWarning,
-                        stacklevel=2,
+                    _warn(
+                        f"Library {lib!r}: {'; '.join(rejected)}. Using the {key!r} image instead."
                     )
                 return images[key], _scalef(scalefactors, lib, key), key
             rejected.append(f"the {key!r} image is not usable ({problem})")
-        warnings.warn(
-            f"Library {lib!r}: {'; '.join(rejected)}. The spots are shown without a tissue image.",
-            UserWarning,
-            stacklevel=2,
+        _warn(
+            f"Library {lib!r}: {'; '.join(rejected)}. The spots are shown without a tissue image."
         )
         return None, 1.0, None
     if image_key not in images:
@@ -365,12 +372,10 @@ def spot_diameter_px(adata: Any, library_id: str | None = None, image_key: str =
     else:
         estimate = VISIUM_DIAMETER_TO_PITCH * nn
     if img is not None:
-        warnings.warn(
+        _warn(
             f"adata.uns['spatial'][{lib!r}]['scalefactors'] has no usable 'spot_diameter_fullres': "
             f"spot diameter estimated from the spot spacing as {estimate:.3g} px on the {key!r} image. "
-            "Add it from Space Ranger's scalefactors_json.json for the exact size.",
-            UserWarning,
-            stacklevel=2,
+            "Add it from Space Ranger's scalefactors_json.json for the exact size."
         )
     return float(estimate)
 
