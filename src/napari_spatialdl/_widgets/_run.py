@@ -1,0 +1,149 @@
+"""Scripted runs: the same run as the widgets, from napari's console or a script.
+
+>>> import napari_spatialdl as sdl
+>>> sdl.run(viewer, "deconvolve", reference=ref, labels_key="cell_type")     # doctest: +SKIP
+>>> result = sdl.run(viewer, "impute", block=True, max_epochs=50)            # doctest: +SKIP
+
+The task runs in a napari thread worker with the progress bar in the activity dock; when it
+finishes its result is drawn on the tissue (the same overlay as the widgets).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from .._constants import TASKS
+from ._runner import TaskRun
+
+#: runs started from scripts, kept alive until they finish
+_ACTIVE: set[TaskRun] = set()
+_VIEWS: list[Any] = []
+
+
+def _resolve_reference(reference: Any, layer: Any) -> Any:
+    from anndata import AnnData
+
+    if reference is None:
+        reference = layer.metadata.get("reference")
+        if reference is None:
+            raise ValueError(
+                "This task needs reference=: an annotated AnnData or the path of an .h5ad "
+                "(the spots layer carries none)."
+            )
+        return reference
+    if isinstance(reference, AnnData):
+        return reference
+    if isinstance(reference, str | Path):
+        from ..io import read_h5ad
+
+        return read_h5ad(reference)
+    raise TypeError(f"reference must be an AnnData or a path to an .h5ad, not {type(reference).__name__}.")
+
+
+def run(viewer: Any, task: str, *, adata: Any = None, method: str = "spatialdl", block: bool = False,
+        overlay: bool = True, timeout: float | None = None, **params: Any) -> Any:
+    """Run ``task`` on the spots shown in ``viewer``, with the GUI's progress bar and overlay.
+
+    Parameters
+    ----------
+    viewer
+        The napari viewer.
+    task
+        ``'impute'``, ``'integrate'``, ``'deconvolve'`` or ``'annotate'``.
+    adata
+        Which spots: the AnnData shown by a spots layer (default: the active spots layer, else
+        the top-most). An AnnData not shown yet is shown first.
+    method
+        Registry method (``napari_spatialdl.list_methods(task)``).
+    block
+        Wait for the end (processing Qt events meanwhile) and return the ``TaskResult``
+        (None when cancelled); errors are raised. Otherwise return the worker at once;
+        errors are shown as napari notifications.
+    overlay
+        Draw the result on the tissue when the run finishes.
+    timeout
+        With ``block=True``: seconds to wait before cancelling the run (TimeoutError).
+    **params
+        The task's inputs and the method's parameters: ``batch_key=`` (integrate),
+        ``reference=`` (AnnData or .h5ad path; default the reference the spots layer carries)
+        and ``labels_key=`` (deconvolve, annotate), then e.g. ``max_epochs=``, ``device=``.
+
+    Returns
+    -------
+    worker or TaskResult
+        The napari ``GeneratorWorker`` (``worker.quit()`` cancels), or with ``block=True``
+        the result.
+    """
+    from ..tasks import get_method
+    from ._overlay import show_task_result
+    from ._viewer import find_spots_layer, show
+
+    if task not in TASKS:
+        raise ValueError(f"Unknown task {task!r}; tasks are {', '.join(TASKS)}.")
+    get_method(task, method)  # unknown method or missing package: raise here, in the script
+    try:
+        layer = find_spots_layer(viewer, adata)
+    except LookupError:
+        if adata is None:
+            raise
+        show(adata, viewer)
+        layer = find_spots_layer(viewer, adata)
+    adata = layer.metadata["adata"]
+    context: dict[str, Any] = {}
+    if task == "integrate":
+        if "batch_key" not in params:
+            raise ValueError("integrate needs batch_key=: the obs column naming each spot's batch.")
+        batch_key = params.pop("batch_key")
+        args: tuple = (adata, batch_key)
+        context["batch_key"] = batch_key
+    elif task in ("deconvolve", "annotate"):
+        reference = _resolve_reference(params.pop("reference", None), layer)
+        if "labels_key" not in params:
+            raise ValueError(f"{task} needs labels_key=: the reference's obs column of cell types.")
+        labels_key = params.pop("labels_key")
+        args = (adata, reference, labels_key)
+        context.update(reference=reference, labels_key=labels_key)
+    else:
+        args = (adata,)
+
+    def on_result(result: Any) -> None:
+        if overlay:
+            _VIEWS.append(show_task_result(viewer, layer, task, result, **context))
+            del _VIEWS[:-8]  # keep the last few views alive, no more
+
+    task_run = TaskRun(task, args, method, params, on_result=on_result,
+                       on_finish=_ACTIVE.discard, show_errors=not block)
+    _ACTIVE.add(task_run)
+    task_run.start()
+    if task_run.worker is not None:
+        task_run.worker.task_run = task_run
+    if not block:
+        if task_run.error is not None:
+            raise task_run.error
+        return task_run.worker
+    return wait(task_run, timeout)
+
+
+def wait(task_run: TaskRun, timeout: float | None = None) -> Any:
+    """Process Qt events until ``task_run`` is done; its result, None if cancelled, or raise its error."""
+    from qtpy.QtWidgets import QApplication
+
+    app = QApplication.instance()
+    start = time.perf_counter()
+    while not task_run.done:
+        app.processEvents()
+        time.sleep(0.002)
+        if timeout is not None and time.perf_counter() - start > timeout:
+            task_run.cancel()
+            while not task_run.done:
+                app.processEvents()
+                time.sleep(0.002)
+            raise TimeoutError(f"{task_run.task} did not finish within {timeout} s and was cancelled.")
+    if task_run.error is not None:
+        raise task_run.error
+    return task_run.result
+
+
+__all__ = ["run", "wait"]
