@@ -201,13 +201,8 @@ def _programs(names: list[str], neuron: np.ndarray, n_genes: int, rng: np.random
     n_types = len(names)
     named_markers = [list(t[1]) for t in _CELL_TYPES[: min(n_types, len(_CELL_TYPES))]]
     named = list(_HOUSEKEEPING) + list(_NEURONAL) + [g for m in named_markers for g in m]
+    _check_n_genes(n_genes, n_types)
     n_generic = n_genes - len(named)
-    minimum = len(named) + 3 * n_types
-    if n_generic < 3 * n_types:
-        raise ValueError(
-            f"n_genes={n_genes} is too small for {n_types} cell types: use n_genes >= {minimum} "
-            "(housekeeping, neuronal and marker genes plus a few generic genes per type)."
-        )
     genes = named + [f"Gene{i:04d}" for i in range(1, n_generic + 1)]
     idx = {g: i for i, g in enumerate(genes)}
     hk = np.array([idx[g] for g in _HOUSEKEEPING])
@@ -328,6 +323,8 @@ def synthetic_tissue(
     _check_int("n_reference_cells", n_reference_cells, 10 * n_cell_types)
     _check_int("n_batches", n_batches, 1)
     _check_int("image_size", image_size, 64)
+    _check_int("n_genes", n_genes, 1)
+    _check_n_genes(n_genes, n_cell_types)
     for name, value in (("batch_effect", batch_effect), ("platform_effect", platform_effect)):
         if not (np.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be a non-negative number, got {value!r}.")
@@ -500,6 +497,16 @@ def synthetic_tissue(
     reference.uns["synthetic"] = {**params, "batch_depth": [float(d) for d in depth_b]}
     spatial.obs["total_counts"] = counts_spot.sum(axis=1).astype(np.int64)
     return spatial, reference
+
+
+def _check_n_genes(n_genes: int, n_types: int) -> None:
+    n_named = len(_HOUSEKEEPING) + len(_NEURONAL) + sum(len(t[1]) for t in _CELL_TYPES[:n_types])
+    minimum = n_named + 3 * n_types
+    if n_genes < minimum:
+        raise ValueError(
+            f"n_genes={n_genes} is too small for {n_types} cell types: use n_genes >= {minimum} "
+            "(housekeeping, neuronal and marker genes plus a few generic genes per type)."
+        )
 
 
 def _check_int(name: str, value: int, minimum: int) -> None:
