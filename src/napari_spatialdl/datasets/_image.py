@@ -84,16 +84,19 @@ def render_section(geom: Geometry, shape: tuple[int, int], to_section, rng: np.r
     region = cls.region
     inside = cls.inside
     reg = np.where(inside, region, len(REGIONS)).astype(np.intp)
+    # the tables are tuned for a 1200-pixel image; keep the look (nuclei per tissue area, their
+    # size relative to the section) at other sizes
+    px = max(h, w) / 1200.0
 
-    low = _smooth_noise(rng, shape, 48)  # uneven staining across the slide
-    mid = _smooth_noise(rng, shape, 10)  # neuropil texture
+    low = _smooth_noise(rng, shape, max(2, round(48 * px)))  # uneven staining across the slide
+    mid = _smooth_noise(rng, shape, max(2, round(10 * px)))  # neuropil texture
     fine = rng.standard_normal(shape).astype(np.float32)
 
     eosin = _per_region(reg, _EOSIN) * (1.0 + 0.10 * low + 0.08 * mid + 0.05 * fine)
     hema = _per_region(reg, _HEMA) * (1.0 + 0.25 * low + 0.20 * mid)
 
     # striatum: pale eosinophilic fibre bundles (pencil fibres) with few nuclei
-    bundles = _smooth_noise(rng, shape, 5)
+    bundles = _smooth_noise(rng, shape, max(2, round(5 * px)))
     bundle = (reg == STR) & (bundles > 1.1)
     eosin = np.where(bundle, eosin * 1.35, eosin)
     hema = np.where(bundle, hema * 0.4, hema)
@@ -110,12 +113,12 @@ def render_section(geom: Geometry, shape: tuple[int, int], to_section, rng: np.r
     eosin = np.where(reg == WM, eosin * (1.0 + 0.25 * streak), eosin)
 
     darkness = _per_region(reg, _DARK)
-    small_density = _per_region(reg, _SMALL) * np.where(bundle, 0.25, 1.0).astype(np.float32)
-    large_density = _per_region(reg, _LARGE) * np.where(bundle, 0.25, 1.0).astype(np.float32)
+    small_density = _per_region(reg, _SMALL) / px**2 * np.where(bundle, 0.25, 1.0).astype(np.float32)
+    large_density = _per_region(reg, _LARGE) / px**2 * np.where(bundle, 0.25, 1.0).astype(np.float32)
     # oligodendrocyte nuclei line up along the fibres in white matter
     small_density = np.where(reg == WM, small_density * (1.0 + 1.5 * np.clip(streak * 3, -1, 1)), small_density)
-    hema = hema + _nuclei(rng, small_density, 0.7, darkness)
-    hema = hema + _nuclei(rng, large_density, 1.15, darkness * 0.9)
+    hema = hema + _nuclei(rng, small_density, 0.7 * px, darkness)
+    hema = hema + _nuclei(rng, large_density, 1.15 * px, darkness * 0.9)
 
     # ependymal lining of the ventricle: a thin row of dark nuclei
     lining = cls.lining
@@ -126,13 +129,13 @@ def render_section(geom: Geometry, shape: tuple[int, int], to_section, rng: np.r
     ys, xs = np.nonzero(inside)
     if len(ys):
         pick = rng.integers(0, len(ys), n_vessels)
-        radius = rng.uniform(1.2, 3.0, n_vessels) * max(h, w) / 1200
+        radius = rng.uniform(1.2, 3.0, n_vessels) * px
         for y0, x0, r in zip(ys[pick], xs[pick], radius):
             y_lo, y_hi = max(0, int(y0 - 3 * r) - 1), min(h, int(y0 + 3 * r) + 2)
             x_lo, x_hi = max(0, int(x0 - 3 * r) - 1), min(w, int(x0 + 3 * r) + 2)
             d = np.hypot(yy[y_lo:y_hi, x_lo:x_hi] - y0, (xx[y_lo:y_hi, x_lo:x_hi] - x0) * 0.7)
             lumen = (d < r) & inside[y_lo:y_hi, x_lo:x_hi]
-            wall = (d >= r) & (d < r + 1.2) & inside[y_lo:y_hi, x_lo:x_hi]
+            wall = (d >= r) & (d < r + 1.2 * px) & inside[y_lo:y_hi, x_lo:x_hi]
             eosin[y_lo:y_hi, x_lo:x_hi][lumen] = 1.25
             hema[y_lo:y_hi, x_lo:x_hi][lumen] = 0.05
             hema[y_lo:y_hi, x_lo:x_hi][wall] += 0.35
