@@ -122,7 +122,7 @@ class RegionsWidget(QWidget):
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
         self.table.setMinimumHeight(110)
         layout.addWidget(self.table)
-        self.key = QLineEdit("region")
+        self.key = QLineEdit("annotated_region")
         self.key.setToolTip("The adata.obs column the regions are written to.")
         form2 = QFormLayout()
         form2.addRow("obs column", self.key)
@@ -315,7 +315,7 @@ class RegionsWidget(QWidget):
             raise ValueError("draw at least one region (polygon, rectangle or ellipse) first")
         key = (key or self.key.text()).strip()
         if not key:
-            raise ValueError("type the name of the obs column to write (e.g. 'region')")
+            raise ValueError("type the name of the obs column to write (e.g. 'annotated_region')")
         if key != self.key.text():
             self.key.setText(key)
         adata = points.metadata["adata"]

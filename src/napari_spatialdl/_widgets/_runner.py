@@ -169,6 +169,9 @@ class TaskRun:
         if not isinstance(event, ProgressEvent):
             return
         self.events.append(event)
+        # listeners first: napari's progress bar may process events (and later yields) re-entrantly
+        if self.on_event is not None:
+            self.on_event(event)
         pbar = self.pbar  # napari's progress may process events (re-entrancy): keep a local
         if pbar is not None and not self.done:
             if event.stage != self._stage:
@@ -184,8 +187,6 @@ class TaskRun:
                 pbar.update(done)
             else:
                 pbar.refresh()
-        if self.on_event is not None:
-            self.on_event(event)
 
     def _on_errored(self, exc: BaseException) -> None:
         self._fail(exc)
@@ -252,6 +253,7 @@ class LossPlot(QWidget):
         self.val: list[tuple[float, float]] = []
         self.n_epochs = 0
         self.status = ""
+        self._last_step = -1
         self.update()
 
     def add_event(self, event: ProgressEvent) -> None:
@@ -259,6 +261,10 @@ class LossPlot(QWidget):
         if event.stage != self.stage:
             self.stage = event.stage
             self.train, self.val = [], []
+            self._last_step = -1
+        if event.step < self._last_step:
+            return  # an older event delivered late
+        self._last_step = event.step
         self.n_epochs = int(event.n_epochs or 0)
         last = self.train[-1][0] if self.train else 0
         if event.train_loss is not None and math.isfinite(event.train_loss) and event.epoch > last:
