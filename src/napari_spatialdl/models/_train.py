@@ -10,7 +10,7 @@ Pure torch + numpy: no Qt, no napari, no AnnData.
 
 from __future__ import annotations
 
-import copy
+import math
 import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +23,8 @@ ArrayLike = np.ndarray | sp.spmatrix | sp.sparray | torch.Tensor
 
 #: data kept resident on the device when all tensors together stay below this
 DEVICE_RESIDENT_BYTES = 2 * 1024**3
+#: on the CPU, batches with fewer values than this train on one thread (``num_threads=None``)
+SINGLE_THREAD_BATCH_VALUES = 2**18
 
 
 @dataclass
@@ -74,6 +76,8 @@ class TrainingConfig:
 
     ``batch_size=None`` trains full-batch. ``validation_fraction=0`` disables
     early stopping on held-out rows (then ``patience`` watches the train loss).
+    ``patience=0`` disables early stopping; ``min_epochs`` is trained in any case
+    (useful while a loss term is being warmed up).
     """
 
     max_epochs: int = 200
@@ -83,10 +87,62 @@ class TrainingConfig:
     validation_fraction: float = 0.1
     patience: int = 20
     min_delta: float = 1e-4
+    min_epochs: int = 0
     seed: int = 0
     device: str | torch.device = "auto"
     log_every: int = 0  # also report inside an epoch every N steps (0: per epoch only)
     grad_clip: float | None = 10.0
+    #: CPU threads while training; None: one thread for small batches (below
+    #: SINGLE_THREAD_BATCH_VALUES values), where thread synchronisation costs more than it
+    #: saves (and stalls badly when the cores are shared), else torch's setting
+    num_threads: int | None = None
+
+
+class Adam:
+    """Adam (Kingma & Ba, 2015), the same update as ``torch.optim.Adam`` (no amsgrad).
+
+    Written out because the first ``torch.optim`` optimiser of a process imports
+    ``torch._dynamo``, which takes 1-3 s: longer than training a small model.
+    Multi-tensor (``torch._foreach_*``) updates keep the per-step overhead low.
+    """
+
+    def __init__(self, params: list[torch.nn.Parameter], lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        self.params = [p for p in params]
+        if not self.params:
+            raise ValueError("No parameters to optimise.")
+        self.lr, self.betas, self.eps, self.weight_decay = float(lr), betas, float(eps), float(weight_decay)
+        self.exp_avg = [torch.zeros_like(p) for p in self.params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+        self.steps = 0
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        idx = [i for i, p in enumerate(self.params) if p.grad is not None]
+        if not idx:
+            return
+        self.steps += 1
+        beta1, beta2 = self.betas
+        params = [self.params[i] for i in idx]
+        grads = [self.params[i].grad for i in idx]
+        m = [self.exp_avg[i] for i in idx]
+        v = [self.exp_avg_sq[i] for i in idx]
+        if self.weight_decay:
+            grads = torch._foreach_add(grads, params, alpha=self.weight_decay)
+        torch._foreach_lerp_(m, grads, 1 - beta1)
+        torch._foreach_mul_(v, beta2)
+        torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
+        bias1 = 1 - beta1**self.steps
+        bias2_sqrt = math.sqrt(1 - beta2**self.steps)
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_div_(denom, bias2_sqrt)
+        torch._foreach_add_(denom, self.eps)
+        torch._foreach_addcdiv_(params, m, denom, value=-self.lr / bias1)
 
 
 def available_devices() -> list[str]:
@@ -151,6 +207,8 @@ class TensorStore:
         if len(set(sizes.values())) != 1:
             raise ValueError(f"All training arrays need the same number of rows, got {sizes}.")
         self.n = next(iter(sizes.values()))
+        #: values per row over all arrays (what one row of a batch costs)
+        self.row_values = sum(int(np.prod(v.shape[1:])) for v in data.values())
         self.device = device
         total = sum(_nbytes(v) for v in data.values())
         self.resident = total <= DEVICE_RESIDENT_BYTES
@@ -237,9 +295,11 @@ def train(
     if train_index is None:
         train_index, val_index = split_indices(store.n, config.validation_fraction, config.seed)
     train_idx = torch.as_tensor(np.asarray(train_index), dtype=torch.long)
+    if len(train_idx) == 0:
+        raise ValueError("No training rows: the training split is empty.")
     val_idx = torch.as_tensor(np.asarray(val_index if val_index is not None else []), dtype=torch.long)
     params = list(parameters) if parameters is not None else [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     batch_size = config.batch_size or len(train_idx)
     batch_size = max(1, min(batch_size, len(train_idx)))
     n_batches = int(np.ceil(len(train_idx) / batch_size))
@@ -247,6 +307,24 @@ def train(
     if n_batches > 1 and len(train_idx) % batch_size == 1:
         n_batches -= 1
 
+    threads = config.num_threads
+    if threads is None:
+        small = device.type == "cpu" and batch_size * store.row_values < SINGLE_THREAD_BATCH_VALUES
+        threads = 1 if small else torch.get_num_threads()
+    previous_threads = torch.get_num_threads()
+    if threads != previous_threads:
+        torch.set_num_threads(threads)
+    try:
+        history = yield from _epochs(module, store, loss_fn, config, optimizer, params, train_idx,
+                                     val_idx, batch_size, n_batches, shuffle_gen, device)
+    finally:  # also when the consumer closes the generator
+        if torch.get_num_threads() != previous_threads:
+            torch.set_num_threads(previous_threads)
+    return history
+
+
+def _epochs(module, store, loss_fn, config, optimizer, params, train_idx, val_idx, batch_size,
+            n_batches, shuffle_gen, device) -> Generator[ProgressEvent, None, TrainingHistory]:
     history = TrainingHistory(device=str(device))
     best_loss, best_state, bad_epochs = np.inf, None, 0
     start = time.perf_counter()
@@ -290,13 +368,13 @@ def train(
         if watched < best_loss - config.min_delta * max(1.0, abs(best_loss) if np.isfinite(best_loss) else 1.0):
             best_loss, bad_epochs = watched, 0
             history.best_epoch = epoch
-            best_state = copy.deepcopy(module.state_dict())
+            best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
         else:
             bad_epochs += 1
         history.n_epochs = epoch
         yield ProgressEvent(epoch, config.max_epochs, step, train_loss, val_loss,
                             time.perf_counter() - start)
-        if config.patience and bad_epochs >= config.patience:
+        if config.patience and bad_epochs >= config.patience and epoch >= config.min_epochs:
             history.stopped_early = True
             break
     if best_state is not None:
