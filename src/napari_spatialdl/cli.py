@@ -202,7 +202,7 @@ def demo(*, gui: bool = True, out: str | Path = "demo.png", seed: int = 0, metho
     ``napari.run()``).
     """
     from .datasets import synthetic_tissue
-    from .tasks import deconvolve
+    from .tasks.api import deconvolve
 
     stream = stream or sys.stdout
     print(f"Simulating a synthetic tissue (seed {seed}, {n_spots} spots)...", file=stream, flush=True)
@@ -224,13 +224,21 @@ def demo(*, gui: bool = True, out: str | Path = "demo.png", seed: int = 0, metho
         print(f"Wrote {path.resolve()}", file=stream, flush=True)
         return spatial
 
+    import napari
+    from qtpy.QtWidgets import QApplication
+
     from ._widgets._color import ColorSpotsWidget
     from ._widgets._viewer import show
 
     props = spatial.obsm[PROPORTIONS_KEY]
-    viewer = show(spatial, color=DOMINANT_KEY, name="Synthetic tissue", legend=False,
-                  features=[f"{PROPORTIONS_KEY}:{c}" for c in props.columns])
+    viewer = napari.current_viewer() or napari.Viewer(title="napari-spatialdl demo")
     viewer.window.add_dock_widget(ColorSpotsWidget(viewer), name="Colour spots", area="right")
+    show(spatial, viewer, color=DOMINANT_KEY, name="Synthetic tissue", legend=False,
+         features=[f"{PROPORTIONS_KEY}:{c}" for c in props.columns])
+    QApplication.processEvents()  # let the docks take their place, then fit the tissue in the canvas
+    viewer.reset_view()
+    print("Hover a spot for its barcode, dominant type and proportions; recolour it in the "
+          "'Colour spots' panel (obsm column: spatialdl_proportions:<cell type>).", file=stream, flush=True)
     return viewer
 
 
@@ -268,8 +276,8 @@ def _read(path: str) -> Any:
 
 def run_task(args: argparse.Namespace, stream: Any = None) -> Any:
     """``napari-spatialdl run``: read, run one task, write the result to ``--out`` (.h5ad)."""
-    from . import tasks
     from .io import write_h5ad
+    from .tasks import api as tasks
 
     stream = stream or sys.stdout
     adata = _read(args.input)

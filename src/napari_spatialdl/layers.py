@@ -411,7 +411,11 @@ def feature_column(values: pd.Categorical | np.ndarray) -> pd.Series | np.ndarra
     """Values as a ``layer.features`` column (categorical stays categorical)."""
     if isinstance(values, pd.Categorical):
         return pd.Series(values)
-    return np.asarray(values)
+    values = np.asarray(values)
+    if (values.dtype.kind == "f" and len(values) and np.isfinite(values).all()
+            and np.all(values == np.round(values)) and np.abs(values).max() < 2**53):
+        return values.astype(np.int64)  # counts: napari then shows "1308", not "1.31e+03"
+    return values
 
 
 def spot_features(adata: Any, keys: Sequence[str] = (), *, layer: str | None = None) -> pd.DataFrame:
