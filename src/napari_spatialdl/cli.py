@@ -131,10 +131,9 @@ def _spot_patches(ax: Any, xy: np.ndarray, diameter: float, colors: np.ndarray) 
     ax.add_collection(collection)
 
 
-def render_overview(spatial: Any, path: str | Path, *, color: str = DOMINANT_KEY,
-                    n_types: int = 3, dpi: int = 120) -> Path:
-    """A PNG (matplotlib, no Qt) of the tissue with the spots coloured by ``color`` and a legend,
-    beside one panel per cell type proportion (the ``n_types`` most variable across spots)."""
+def overview_figure(spatial: Any, *, color: str = DOMINANT_KEY, n_types: int = 3, dpi: int = 120) -> Any:
+    """The matplotlib Figure of :func:`render_overview` (Agg canvas, no Qt); ``fig.axes[0]`` is the
+    tissue coloured by ``color``, the next axes the cell type proportions."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
@@ -188,6 +187,14 @@ def render_overview(spatial: Any, path: str | Path, *, color: str = DOMINANT_KEY
         base(ax, f"{cell_type} proportion")
         _spot_patches(ax, xy, diameter, rgba)
         fig.colorbar(ScalarMappable(Normalize(0.0, vmax), cmap="viridis"), ax=ax, fraction=0.04, pad=0.02)
+    return fig
+
+
+def render_overview(spatial: Any, path: str | Path, *, color: str = DOMINANT_KEY,
+                    n_types: int = 3, dpi: int = 120) -> Path:
+    """A PNG (matplotlib, no Qt) of the tissue with the spots coloured by ``color`` and a legend,
+    beside one panel per cell type proportion (the ``n_types`` most variable across spots)."""
+    fig = overview_figure(spatial, color=color, n_types=n_types, dpi=dpi)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
