@@ -1,0 +1,253 @@
+"""Spatial deconvolution: cell-type proportions of every spot from an annotated reference.
+
+Methods: ``spatialdl`` (the native NB model, :mod:`napari_spatialdl.models.deconvolution`)
+and ``nnls`` (a baseline: non-negative least squares on the reference's mean profiles).
+Both write ``spatial.obsm['spatialdl_proportions']`` (DataFrame, rows sum to 1),
+``spatial.obsm['spatialdl_abundance']`` and ``spatial.uns['spatialdl']['deconvolve']``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+from .._constants import ABUNDANCE_KEY, PROPORTIONS_KEY
+from ..models._train import ProgressEvent, TrainingHistory
+from ..models.deconvolution import SpotDeconvolution, nnls_abundance, spot_neighbour_edges
+from ._base import TaskResult, target, write_run_metadata
+from ._registry import register
+from ._validate import InputError, check_obs_key, check_spatial, get_counts, shared_genes
+
+TaskGen = Generator[ProgressEvent, None, TaskResult]
+
+
+@dataclass
+class _Inputs:
+    spot_counts: Any  # spots x shared genes
+    ref_counts: Any  # labelled reference cells x shared genes
+    ref_labels: np.ndarray
+    cell_types: list[str]
+    genes: pd.Index
+    n_ref_dropped: int
+    n_spots_empty: int
+
+
+def _subset(X: Any, columns: np.ndarray, rows: np.ndarray | None = None) -> Any:
+    if rows is not None:
+        X = X[rows]
+    X = X[:, columns]
+    return sp.csr_matrix(X) if sp.issparse(X) else np.asarray(X)
+
+
+def _row_sums(X: Any) -> np.ndarray:
+    return np.asarray(X.sum(axis=1)).ravel()
+
+
+def prepare_deconvolution(spatial: AnnData, reference: AnnData, labels_key: str,
+                          layer: str | None, reference_layer: str | None,
+                          what: str = "deconvolution") -> _Inputs:
+    """Check the inputs of a deconvolution method and cut both datasets to the shared genes.
+
+    Reference cells without a label (NaN) are ignored; so are reference cells with no count
+    in the shared genes. Nothing is written to the AnnDatas.
+    """
+    if not isinstance(spatial, AnnData) or not isinstance(reference, AnnData):
+        raise InputError("spatial and reference must both be AnnData objects.")
+    labels = check_obs_key(reference, labels_key, "labels_key", allow_missing_values=True)
+    spot_X = get_counts(spatial, layer, what=what)
+    ref_X = get_counts(reference, reference_layer, what=what)
+    genes = shared_genes(spatial, reference, names=("spatial", "reference"))
+    labelled = labels.notna().to_numpy()
+    ref_cols = reference.var_names.get_indexer(genes)
+    spot_cols = spatial.var_names.get_indexer(genes)
+    ref_counts = _subset(ref_X, ref_cols, np.flatnonzero(labelled))
+    ref_labels = labels[labelled].astype(str).to_numpy()
+    has_counts = _row_sums(ref_counts) > 0
+    n_dropped = int((~has_counts).sum())
+    if n_dropped:
+        ref_counts, ref_labels = ref_counts[has_counts], ref_labels[has_counts]
+    if len(np.unique(ref_labels)) < 2:
+        raise InputError(
+            f"Only {len(np.unique(ref_labels))} cell type is left in reference.obs[{labels_key!r}] among "
+            f"the {len(ref_labels)} labelled cells with counts in the {len(genes)} shared genes: "
+            "deconvolution needs at least 2 cell types."
+        )
+    spot_counts = _subset(spot_X, spot_cols)
+    n_empty = int((_row_sums(spot_counts) == 0).sum())
+    if n_empty == spatial.n_obs:
+        raise InputError(
+            f"No spot has any count in the {len(genes)} genes shared with the reference: "
+            "check that both datasets use the same gene identifiers."
+        )
+    cell_types = sorted(np.unique(ref_labels).tolist())
+    return _Inputs(spot_counts, ref_counts, ref_labels, cell_types, genes, n_dropped, n_empty)
+
+
+def _finish(spatial: AnnData, copy: bool, method: str, proportions: np.ndarray, abundance: np.ndarray,
+            inputs: _Inputs, params: dict[str, Any], history: TrainingHistory | None,
+            seconds: float, model: Any, info: dict[str, Any]) -> TaskResult:
+    index = spatial.obs_names.copy()
+    props = pd.DataFrame(proportions, index=index, columns=inputs.cell_types)
+    abund = pd.DataFrame(abundance, index=index, columns=inputs.cell_types)
+    out = target(spatial, copy)
+    out.obsm[PROPORTIONS_KEY] = props
+    out.obsm[ABUNDANCE_KEY] = abund
+    write_run_metadata(out, "deconvolve", method, params, history, seconds=seconds, **info)
+    return TaskResult("deconvolve", method, out,
+                      keys={"obsm": PROPORTIONS_KEY, "obsm_abundance": ABUNDANCE_KEY},
+                      model=model, history=history, info=info)
+
+
+def _gene_info(inputs: _Inputs, spatial: AnnData, reference: AnnData) -> dict[str, Any]:
+    n = len(inputs.genes)
+    info: dict[str, Any] = {
+        "n_genes": n,
+        "n_genes_spatial": int(spatial.n_vars),
+        "n_genes_reference": int(reference.n_vars),
+        "genes_message": (f"{n} genes are shared by the spatial data ({spatial.n_vars} genes) and the "
+                          f"reference ({reference.n_vars} genes); the deconvolution used these {n}."),
+        "cell_types": list(inputs.cell_types),
+        "n_reference_cells": int(len(inputs.ref_labels)),
+    }
+    if inputs.n_ref_dropped:
+        info["n_reference_cells_dropped"] = inputs.n_ref_dropped
+    if inputs.n_spots_empty:
+        info["n_spots_without_shared_counts"] = inputs.n_spots_empty
+    return info
+
+
+@register("deconvolve", "spatialdl", native=True,
+          description="Native NB model (Stereoscope/cell2location family) with platform effects")
+def deconvolve_spatialdl(spatial: AnnData, reference: AnnData, labels_key: str, *,
+                         layer: str | None = None, reference_layer: str | None = None,
+                         spatial_smoothing: float = 0.0, n_neighbors: int = 6,
+                         refine_signatures: bool = True, max_epochs: int = 150, lr: float = 0.05,
+                         device: str = "auto", seed: int = 0, copy: bool = False) -> TaskGen:
+    """Cell-type proportions of every spot with the native negative-binomial model.
+
+    Signatures (mean counts per cell of each type) come from the reference; every spot's
+    counts are modelled as NB around a non-negative mix of them, with a per-gene platform
+    effect between the technologies and a per-gene dispersion; optionally the proportions
+    of neighbouring spots are pulled together. Only the genes present in both datasets are used.
+
+    Parameters
+    ----------
+    spatial
+        Spots with raw counts (in ``X`` or ``layer``).
+    reference
+        Annotated single cells with raw counts; cells whose label is missing (NaN) are ignored.
+    labels_key
+        ``reference.obs`` column with the cell types.
+    layer
+        Layer of ``spatial`` with the raw counts (None: ``X``).
+    reference_layer
+        Layer of ``reference`` with the raw counts (None: ``X``).
+    spatial_smoothing
+        Weight of the penalty on differences of proportions between neighbouring spots
+        (0: off; 0.1-1: gentle to strong). Needs ``spatial.obsm['spatial']``.
+    n_neighbors
+        Neighbours per spot in the smoothness graph.
+    refine_signatures
+        Fit the signatures jointly to the reference cells and the spots (anchored by the
+        reference); False keeps them at the reference means.
+    max_epochs
+        Most gradient steps (full batch: one step per epoch); stops earlier once converged.
+    lr
+        Adam learning rate.
+    device
+        ``'auto'``, ``'cpu'``, ``'cuda'`` or ``'mps'``.
+    seed
+        Random seed.
+    copy
+        Return a new AnnData instead of writing into ``spatial``.
+
+    Returns
+    -------
+    TaskResult
+        ``obsm['spatialdl_proportions']`` and ``obsm['spatialdl_abundance']`` (abundance in
+        reference-cell units: an estimate of the number of cells of each type, up to the
+        capture efficiency of the spatial technology).
+    """
+    if not (np.isfinite(spatial_smoothing) and spatial_smoothing >= 0):
+        raise InputError(f"spatial_smoothing must be 0 or positive, got {spatial_smoothing}.")
+    if int(n_neighbors) < 1:
+        raise InputError(f"n_neighbors must be at least 1, got {n_neighbors}.")
+    if int(max_epochs) < 1:
+        raise InputError(f"max_epochs must be at least 1, got {max_epochs}.")
+    if not lr > 0:
+        raise InputError(f"lr must be positive, got {lr}.")
+    inputs = prepare_deconvolution(spatial, reference, labels_key, layer, reference_layer)
+    edges = None
+    if spatial_smoothing > 0:
+        edges = spot_neighbour_edges(check_spatial(spatial), int(n_neighbors))
+    start = time.perf_counter()
+    yield ProgressEvent(0, int(max_epochs), 0, message="initialising from NNLS", stage="init")
+    model = SpotDeconvolution(list(inputs.genes), inputs.cell_types, list(spatial.obs_names),
+                              refine_signatures=refine_signatures)
+    history = yield from model.fit(inputs.spot_counts, inputs.ref_counts, inputs.ref_labels,
+                                   edges=edges, spatial_smoothing=float(spatial_smoothing),
+                                   max_epochs=int(max_epochs), lr=float(lr), device=device, seed=seed)
+    seconds = time.perf_counter() - start
+    params = dict(labels_key=labels_key, layer=layer, reference_layer=reference_layer,
+                  spatial_smoothing=float(spatial_smoothing), n_neighbors=int(n_neighbors),
+                  refine_signatures=bool(refine_signatures), max_epochs=int(max_epochs), lr=float(lr),
+                  device=device, seed=seed)
+    info = _gene_info(inputs, spatial, reference)
+    info["device"] = history.device
+    return _finish(spatial, copy, "spatialdl", model.proportions(), model.abundance(), inputs, params,
+                   history, seconds, model, info)
+
+
+@register("deconvolve", "nnls",
+          description="Baseline: non-negative least squares on the reference's mean normalised profiles")
+def deconvolve_nnls(spatial: AnnData, reference: AnnData, labels_key: str, *,
+                    layer: str | None = None, reference_layer: str | None = None,
+                    copy: bool = False) -> TaskGen:
+    """Baseline deconvolution: NNLS of each spot on the reference's mean normalised profiles.
+
+    Profiles are the mean over each type's cells of counts / library size; each spot's counts are
+    fitted as a non-negative combination (``scipy.optimize.nnls``) and the weights normalised per
+    spot. The weights are shares of the spot's UMIs; the abundance converts them to cell numbers
+    with each type's mean library size in the reference.
+
+    Parameters
+    ----------
+    spatial
+        Spots with raw counts.
+    reference
+        Annotated single cells with raw counts; cells whose label is missing are ignored.
+    labels_key
+        ``reference.obs`` column with the cell types.
+    layer
+        Layer of ``spatial`` with the raw counts (None: ``X``).
+    reference_layer
+        Layer of ``reference`` with the raw counts (None: ``X``).
+    copy
+        Return a new AnnData instead of writing into ``spatial``.
+    """
+    inputs = prepare_deconvolution(spatial, reference, labels_key, layer, reference_layer, what="NNLS")
+    start = time.perf_counter()
+    yield ProgressEvent(0, 1, 0, message="NNLS per spot", stage="nnls")
+    R = inputs.ref_counts.toarray() if sp.issparse(inputs.ref_counts) else np.asarray(inputs.ref_counts)
+    R = np.asarray(R, dtype=np.float64)
+    lib = R.sum(axis=1, keepdims=True)
+    normed = R / lib
+    types = inputs.cell_types
+    profiles = np.stack([normed[inputs.ref_labels == t].mean(axis=0) for t in types])
+    mean_lib = np.array([lib[inputs.ref_labels == t].mean() for t in types])
+    umis = nnls_abundance(inputs.spot_counts, profiles)  # UMIs of each type in each spot
+    totals = umis.sum(axis=1, keepdims=True)
+    proportions = np.where(totals > 0, umis / np.where(totals > 0, totals, 1.0), 1.0 / len(types))
+    abundance = umis / mean_lib
+    seconds = time.perf_counter() - start
+    yield ProgressEvent(1, 1, 1, message="done", stage="nnls", elapsed=seconds)
+    params = dict(labels_key=labels_key, layer=layer, reference_layer=reference_layer)
+    info = _gene_info(inputs, spatial, reference)
+    return _finish(spatial, copy, "nnls", proportions, abundance, inputs, params, None, seconds, None, info)
