@@ -254,11 +254,19 @@ def test_legend_follows_recolouring_by_other_code(make_napari_viewer, tissue):
     from napari_spatialdl._widgets._viewer import color_spots
 
     spatial, _ = tissue
+    from napari_spatialdl import show
+    from napari_spatialdl._widgets._viewer import find_spots_layer
+
     viewer = make_napari_viewer(show=True)
-    layer = _show(viewer, spatial, color="region")  # show(color=...) docks a legend
+    # no viewer given (as from napari's console): adds to the current one; color= docks a legend
+    assert show(spatial, color="region") is viewer
+    layer = find_spots_layer(viewer)
+    assert "Spots legend" in viewer.window.dock_widgets
     legend = ensure_legend(viewer)
     assert legend.mode == "categorical"
     assert ensure_legend(viewer) is legend  # not docked twice
+    legend.parent().hide()  # the user closed the dock: it comes back, still one
+    assert ensure_legend(viewer) is legend and not legend.parent().isHidden()
     color_spots(layer, "true_proportions:Astrocyte")
     assert legend.mode == "numeric" and legend.title.text() == "true_proportions:Astrocyte"
 

@@ -219,3 +219,29 @@ def test_colorable_keys():
     assert not any(k.startswith("spatial:") for k in keys["obsm"])
     for key in keys["obsm"] + keys["obs"]:  # every listed key can be coloured
         spot_values(adata, key)
+
+
+def test_color_spots_on_a_points_layer_without_display():
+    """color_spots on a napari Points layer (no viewer): colours, features for hover, legend."""
+    from napari.layers import Points
+
+    from napari_spatialdl._widgets._viewer import color_spots
+
+    adata = _synthetic()
+    data, kwargs, _ = spatial_layers(adata, features=["score"])[-1]
+    layer = Points(data, **kwargs)
+    layer.features = layer.features.assign(cluster=adata.obs["cluster"].to_numpy())
+    layer.face_color = "cluster"  # a feature-bound colour mode set by someone else
+    info = color_spots(layer, "GeneA", cmap="magma")
+    assert info.kind == "numeric"
+    assert list(layer.features.columns) == ["barcode", "score", "GeneA"]  # pinned 'score' kept
+    np.testing.assert_allclose(layer.features["GeneA"], adata.X[:, 0].toarray().ravel())
+    rgba, _, _ = spot_colors(adata, "GeneA", cmap="magma")
+    np.testing.assert_allclose(layer.face_color, rgba, atol=1e-6)
+    info = color_spots(layer, "spatialdl_proportions:Neuron", features=["cluster"])
+    assert list(layer.features.columns) == ["barcode", "score", "cluster", "spatialdl_proportions:Neuron"]
+    assert layer.metadata["spatialdl_legend"] is info
+    status = layer.get_status(tuple(layer.data[3]), world=True)["coordinates"]
+    assert adata.obs_names[3] in status and "spatialdl_proportions:Neuron" in status
+    with pytest.raises(ColorKeyError, match="obs columns"):
+        color_spots(layer, "nope")

@@ -18,6 +18,7 @@ import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtGui import QImage, QPixmap
 from qtpy.QtWidgets import (
+    QDockWidget,
     QFrame,
     QGridLayout,
     QHBoxLayout,
@@ -290,18 +291,35 @@ class SpotsLegend(LegendWidget):
             self.follow(rest[-1] if rest else None)
 
 
+def _in_window(widget: QWidget, viewer: Any) -> bool:
+    """``widget`` sits in ``viewer``'s main window or in one of its (floating) docks."""
+    top = widget.window()
+    main = getattr(getattr(viewer, "window", None), "_qt_window", None)
+    return top is main or isinstance(top, QDockWidget)
+
+
 def ensure_legend(viewer: Any, layer: Any = None) -> SpotsLegend:
-    """The :class:`SpotsLegend` of ``viewer`` (docking one if there is none), following ``layer``."""
-    legend = None
+    """The :class:`SpotsLegend` of ``viewer``, following ``layer`` (or the active spots layer).
+
+    A visible legend (docked, or inside the Colour spots panel) is reused; a hidden "Spots legend"
+    dock is shown again; otherwise one is docked on the right.
+    """
+    mine = []
     for candidate in list(_LIVE_LEGENDS):
         try:
-            alive = candidate.viewer is viewer and candidate.isVisible()
+            if candidate.viewer is viewer and _in_window(candidate, viewer):
+                mine.append(candidate)
         except RuntimeError:  # Qt object already deleted
             continue
-        if alive:
-            legend = candidate
-            break
-    if legend is None:
+    visible = [c for c in mine if c.isVisible()]
+    standalone = [c for c in mine if isinstance(c.parent(), QDockWidget)]
+    if visible:
+        legend = visible[0]
+    elif standalone:  # just docked (not painted yet) or closed by the user: show it
+        legend = standalone[0]
+        legend.parent().show()
+        legend.parent().raise_()
+    else:
         legend = SpotsLegend(viewer)
         viewer.window.add_dock_widget(legend, name=LEGEND_DOCK_NAME, area="right")
     if layer is not None and legend.layer is not layer:

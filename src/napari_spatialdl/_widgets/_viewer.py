@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -203,8 +204,12 @@ def color_spots(
     layer.metadata[META_LEGEND] = info
     layer.metadata[META_COLOR] = {"key": str(key), "layer": layer_key, "cmap": cmap,
                                   "contrast_limits": contrast_limits}
-    layer.features = table  # emits layer.events.features: legends following the layer redraw
-    layer.face_color = rgba
+    layer.face_color = rgba  # first: leaves any feature-bound colour mode, so no column is needed
+    with warnings.catch_warnings():
+        # napari remembers the column an earlier colour mode used and warns when it goes away;
+        # the colours are direct RGBA by now, so nothing is lost
+        warnings.filterwarnings("ignore", message="property used for", category=RuntimeWarning)
+        layer.features = table  # emits layer.events.features: legends following the layer redraw
     _native_colorbar(layer, info, visible=colorbar)
     layer.refresh()
     return info
