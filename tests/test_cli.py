@@ -24,7 +24,10 @@ def small_tissue():
 def _has_native_deconvolution() -> bool:
     from napari_spatialdl.tasks import list_methods
 
-    return any(m.name == "spatialdl" for m in list_methods("deconvolve"))
+    try:
+        return any(m.name == "spatialdl" for m in list_methods("deconvolve"))
+    except ImportError:
+        return False
 
 
 def test_console_script_help():
@@ -136,3 +139,17 @@ def test_methods_lists_every_task(capsys):
     text = capsys.readouterr().out
     for task in ("impute", "integrate", "deconvolve", "annotate"):
         assert task in text
+
+
+def test_progress_printer_prints_tenths_not_every_epoch():
+    import io
+    from types import SimpleNamespace
+
+    out = io.StringIO()
+    report = cli.progress_printer(out)
+    for epoch in range(1, 201):
+        report(SimpleNamespace(epoch=epoch, n_epochs=200, train_loss=1.0 / epoch, val_loss=None,
+                               elapsed=0.1 * epoch, message="", stage="train"))
+    lines = out.getvalue().splitlines()
+    assert 10 <= len(lines) <= 12
+    assert lines[-1].startswith("[train] epoch 200/200 loss 0.005")
