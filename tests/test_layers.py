@@ -85,6 +85,7 @@ def test_no_image_gives_points_with_neighbour_size():
 
     assert kw["size"] == pytest.approx(100.0 * VISIUM_DIAMETER_TO_PITCH)
     assert kw["metadata"]["library_id"] is None and kw["metadata"]["image_key"] is None
+    assert kw["name"] == "spots"
 
 
 def test_color_in_layer_kwargs_and_features():

@@ -469,7 +469,8 @@ def spatial_layers(
     color
         What to colour the spots by (see :func:`spot_values`); ``None``: one plain colour.
     name
-        Base name of the layers (default: the library id, else ``"spots"``).
+        Base name of the layers: ``"<name> image"``, ``"<name> spots"`` (default: the library id;
+        ``"spots"`` alone without one).
     layer
         For a gene ``color``: the ``adata.layers`` entry to read instead of ``X``.
     cmap
@@ -489,11 +490,12 @@ def spatial_layers(
     used_key = key if key is not None else "auto"
     xy = spots_px(adata, lib, used_key)
     diameter = spot_diameter_px(adata, lib, used_key)
-    base = name or (str(lib) if lib is not None else "spots")
+    base = name or (str(lib) if lib is not None else "")
 
     out: list[LayerDataTuple] = []
     if img is not None:
-        out.append((img, _image_kwargs(np.asarray(img), f"{base} image", scalef), "image"))
+        out.append((img, _image_kwargs(np.asarray(img), f"{base} image" if base else "image", scalef),
+                    "image"))
 
     pinned = [str(k) for k in features]
     table = spot_features(adata, pinned, layer=None)
@@ -514,7 +516,7 @@ def spatial_layers(
     else:
         face = np.tile(_to_rgba(["#ff7f0e"]), (adata.n_obs, 1))  # plain orange spots
     points_kwargs = {
-        "name": f"{base} spots",
+        "name": f"{base} spots" if base else "spots",
         "size": float(diameter),
         "face_color": face,
         "border_width": 0.0,
