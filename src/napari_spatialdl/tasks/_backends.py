@@ -210,7 +210,7 @@ def _scvi_history(model, seconds: float, device: str) -> TrainingHistory:
                 return [float(v) for v in np.asarray(hist[name]).ravel()]
         return []
 
-    train_loss = series("train_loss_epoch", "elbo_train")
+    train_loss = series("train_loss_epoch", "train_loss", "elbo_train")
     val_loss = series("validation_loss", "elbo_validation")
     watched = val_loss or train_loss
     return TrainingHistory(train_loss=train_loss, val_loss=val_loss, n_epochs=len(train_loss),
@@ -720,7 +720,7 @@ def deconvolve_tangram(spatial: AnnData, reference: AnnData, labels_key: str, *,
           description="scvi-tools SCANVI trained on reference + query, labels predicted for the query")
 def annotate_scanvi(query: AnnData, reference: AnnData, labels_key: str, *,
                     batch_key: str | None = None, layer: str | None = None,
-                    reference_layer: str | None = None, threshold: float = 0.5,
+                    reference_layer: str | None = None, threshold: float = 0.0,
                     n_latent: int = 10, scvi_epochs: int | None = None,
                     scanvi_epochs: int | None = None, device: str = "auto", seed: int = 0,
                     copy: bool = False) -> TaskGen:
@@ -740,7 +740,8 @@ def annotate_scanvi(query: AnnData, reference: AnnData, labels_key: str, *,
     layer, reference_layer
         Layers with the raw counts of ``query`` and ``reference`` (None: ``X``).
     threshold
-        Cells whose highest class probability is below this become ``'unassigned'``.
+        Cells whose highest class probability is below this become ``'unassigned'``
+        (default 0: every cell gets its most probable type, as scvi-tools' ``predict``).
     n_latent
         Size of the latent space.
     scvi_epochs, scanvi_epochs
@@ -793,7 +794,7 @@ def annotate_scanvi(query: AnnData, reference: AnnData, labels_key: str, *,
           description="CellTypist: logistic regression on log-normalised expression")
 def annotate_celltypist(query: AnnData, reference: AnnData, labels_key: str, *,
                         layer: str | None = None, reference_layer: str | None = None,
-                        threshold: float = 0.5, feature_selection: bool = False, seed: int = 0,
+                        threshold: float = 0.0, feature_selection: bool = False, seed: int = 0,
                         copy: bool = False) -> TaskGen:
     """Label transfer with a CellTypist model trained on the reference.
 
@@ -811,7 +812,8 @@ def annotate_celltypist(query: AnnData, reference: AnnData, labels_key: str, *,
     layer, reference_layer
         Layers with the raw counts of ``query`` and ``reference`` (None: ``X``).
     threshold
-        Cells whose probability is below this become ``'unassigned'``.
+        Cells whose probability is below this become ``'unassigned'`` (default 0: every cell
+        gets its best-scoring type, as CellTypist's ``mode='best match'``).
     feature_selection
         CellTypist's two-pass training on the top genes.
     seed
