@@ -519,7 +519,10 @@ def spatial_layers(
         "name": f"{base} spots" if base else "spots",
         "size": float(diameter),
         "face_color": face,
-        "border_width": 0.0,
+        # a thin, half-transparent dark rim keeps pale or tissue-coloured spots visible on H&E
+        "border_width": 0.08,
+        "border_width_is_relative": True,
+        "border_color": [0.1, 0.1, 0.1, 0.55],
         "opacity": 1.0,
         "features": table,
         "metadata": metadata,
