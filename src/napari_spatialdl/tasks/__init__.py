@@ -7,9 +7,14 @@ Results are written only when a run finishes.
 """
 
 from ._base import TaskResult
-from ._registry import Method, get_method, list_methods, register
+from ._registry import Method, _load_builtin_methods, get_method, list_methods, register
 from ._validate import InputError
-from .api import (
+
+# Import the method modules first (that binds e.g. `tasks.impute` to the module), then
+# bind the public names to the API functions, which is what users call.
+_load_builtin_methods()
+
+from .api import (  # noqa: E402
     annotate,
     annotate_iter,
     deconvolve,

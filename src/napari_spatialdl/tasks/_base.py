@@ -66,8 +66,8 @@ def write_run_metadata(adata: AnnData, task: str, method: str, params: dict[str,
     entry: dict[str, Any] = {
         "method": method,
         "params": {k: _h5_safe(v) for k, v in params.items() if v is not None},
-        "versions": {"napari_spatialdl": __version__, "torch": torch.__version__,
-                     "anndata": anndata.__version__},
+        "versions": {"napari_spatialdl": __version__, "torch": str(torch.__version__),
+                     "anndata": str(anndata.__version__)},
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     if history is not None:
@@ -86,7 +86,9 @@ def write_run_metadata(adata: AnnData, task: str, method: str, params: dict[str,
 
 def _h5_safe(value: Any) -> Any:
     """Values that anndata can write to .h5ad (no None, no arbitrary objects)."""
-    if isinstance(value, bool | int | float | str | np.ndarray | np.generic):
+    if isinstance(value, str):
+        return str(value)  # plain str: h5py cannot write str subclasses such as TorchVersion
+    if isinstance(value, bool | int | float | np.ndarray | np.generic):
         return value
     if isinstance(value, dict):
         return {str(k): _h5_safe(v) for k, v in value.items() if v is not None}

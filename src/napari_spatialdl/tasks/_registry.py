@@ -8,6 +8,7 @@ Widgets build their parameter panels from ``inspect.signature(method.func)``.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -74,10 +75,19 @@ def get_method(task: str, name: str) -> Method:
     return method
 
 
+_METHOD_MODULES = ("impute", "integrate", "deconvolve", "annotate", "_backends")
+
+
 def _load_builtin_methods() -> None:
-    # importing the task modules runs their @register decorators
-    from . import annotate, deconvolve, impute, integrate  # noqa: F401
-    try:
-        from . import _backends  # noqa: F401  (reference tools, optional)
-    except ImportError:
-        pass
+    """Import the modules whose ``@register`` decorators fill the registry.
+
+    ``importlib`` rather than ``from . import impute``: the package binds the public
+    task *functions* under the same names, and ``from . import`` would return those.
+    """
+    package = __name__.rsplit(".", 1)[0]
+    for name in _METHOD_MODULES:
+        try:
+            importlib.import_module(f"{package}.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"{package}.{name}":
+                raise
