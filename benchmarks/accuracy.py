@@ -343,22 +343,23 @@ def run_case(case: Case, entries: list[Entry]) -> pd.DataFrame:
     outputs: dict[str, AnnData] = {}
     for entry in entries:
         print(f"[accuracy] {case.dataset}/{case.task}: {entry.name} ...", file=sys.stderr, flush=True)
-        start = time.perf_counter()
+        start, cpu0 = time.perf_counter(), time.process_time()
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 params = {**case.params, **METHOD_PARAMS.get((case.task, entry.name), {})}
                 out = entry.run(*case.args, **params)
-            seconds = time.perf_counter() - start
+            seconds, cpu = time.perf_counter() - start, time.process_time() - cpu0
             scores = case.score(out) if case.score is not None else {}
             outputs[entry.name] = out
             rows.append({"method": entry.name, "kind": entry.kind, "via": entry.where, **scores,
-                         "seconds": seconds, "error": ""})
+                         "seconds": seconds, "cpu_s": cpu, "error": ""})
         except Exception as exc:  # noqa: BLE001 (recorded in the table)
-            seconds = time.perf_counter() - start
+            seconds, cpu = time.perf_counter() - start, time.process_time() - cpu0
             traceback.print_exc()
             rows.append({"method": entry.name, "kind": entry.kind, "via": entry.where,
-                         "seconds": seconds, "error": f"{type(exc).__name__}: {str(exc)[:160]}"})
+                         "seconds": seconds, "cpu_s": cpu,
+                         "error": f"{type(exc).__name__}: {str(exc)[:160]}"})
         print(f"[accuracy]   {rows[-1]}", file=sys.stderr, flush=True)
     df = pd.DataFrame(rows)
     if case.task == "integrate" and outputs:
@@ -444,7 +445,7 @@ def to_markdown(df: pd.DataFrame, task: str, full: bool = False) -> str:
     if full:
         metrics += [c for c in df.columns if c not in metrics and c not in
                     ("method", "kind", "via", "seconds", "error")]
-    cols = ["method", "kind", *metrics, "seconds"]
+    cols = ["method", "kind", *metrics, "seconds", "cpu_s"]
     lines = ["| " + " | ".join(cols + ["note"]) + " |", "|" + "---|" * (len(cols) + 1)]
     for _, row in df.iterrows():
         cells = []
@@ -453,7 +454,7 @@ def to_markdown(df: pd.DataFrame, task: str, full: bool = False) -> str:
             if c == "method":
                 cells.append(f"{v}" + (" (local)" if row.get("via") == "local" else ""))
             elif isinstance(v, float | np.floating):
-                cells.append("n/a" if pd.isna(v) else (f"{v:.1f}" if c == "seconds" else f"{v:.3f}"))
+                cells.append("n/a" if pd.isna(v) else (f"{v:.1f}" if c in ("seconds", "cpu_s") else f"{v:.3f}"))
             else:
                 cells.append("" if v is None or (isinstance(v, float) and pd.isna(v)) else str(v))
         cells.append(str(row.get("error") or ""))
@@ -505,8 +506,9 @@ def main(argv: list[str] | None = None) -> int:
               "Command: `python benchmarks/accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:]) + "`",
               "", "Machine: " + "; ".join(f"{k}: {v}" for k, v in machine.items()), "",
               "Versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()), "",
-              "Seconds are wall-clock per method on this machine (shared with other work: see the "
-              "load average), including data preparation inside the method. `(local)`: a baseline "
+              "`seconds`: wall-clock per method on this machine (shared with other work: see the "
+              "load average), including data preparation inside the method; `cpu_s`: CPU seconds of "
+              "all its threads (less sensitive to the machine's load). `(local)`: a baseline "
               "computed by the benchmark because no registry method of that name exists; every other "
               "row ran through `napari_spatialdl.tasks.get_method(task, name)`.", ""]
     out.parent.mkdir(parents=True, exist_ok=True)
