@@ -418,8 +418,10 @@ def versions() -> dict[str, str]:
     for mod in ("napari_spatialdl", "torch", "numpy", "scipy", "pandas", "anndata", "scanpy", "sklearn",
                 "scvi", "tangram", "celltypist", "harmonypy", "scib_metrics", "jax", "magic"):
         try:
-            m = importlib.import_module(mod)
-            v = getattr(m, "__version__", None)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                m = importlib.import_module(mod)
+                v = getattr(m, "__version__", None)
             if v is None:
                 from importlib.metadata import version
 

@@ -140,6 +140,9 @@ def worker(task: str, method: str, size: int, epochs: int, budget: float, device
     total = time.perf_counter() - start
     row = {"task": task, "method": method, "size": size, "data_MB": round(data_mb, 1),
            "finished": finished, "seconds_total": round(total, 2)}
+    for name in ("max_epochs", "n_members"):
+        if name in sig.parameters and sig.parameters[name].default is not inspect.Parameter.empty:
+            row[f"default_{name}"] = sig.parameters[name].default
     if stamps:
         stage = stamps[-1][1].stage
         times = [t for t, e in stamps if e.stage == stage]
@@ -176,6 +179,7 @@ def run_one(task: str, method: str, size: int, epochs: int, budget: float, devic
 def to_markdown(rows: list[dict]) -> str:
     cols = [("task", "task"), ("method", "method"), ("size", "cells"), ("s_per_epoch", "s/epoch"),
             ("setup_first_s", "setup+1st s"), ("epochs_timed", "epochs timed"),
+            ("default_max_epochs", "max_epochs (default)"), ("default_n_members", "ensemble"),
             ("peak_rss_MB", "peak RSS MB"), ("data_MB", "data MB"), ("gpu_peak_MB", "GPU peak MB"),
             ("device", "device"), ("error", "note")]
     cols = [(k, h) for k, h in cols if any(k in r for r in rows)]
