@@ -51,7 +51,6 @@ class SpatialDLDock(QWidget):
 
     def _regions_assigned(self, key: str) -> None:
         for widget in self.task_widgets().values():
-            widget._panel_key = None
             widget.refresh()
 
     def task_widgets(self) -> dict[str, TaskWidget]:

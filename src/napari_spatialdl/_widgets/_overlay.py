@@ -78,9 +78,26 @@ def _fit_dock_height(viewer: Any, widget: QWidget, cap: int = 260) -> None:
         pass
 
 
+_BORDER_META = "spatialdl_default_border"
+
+
+def _save_borders(layer: Any) -> None:
+    """Remember the spots' own rims (from the layer factory) before marking some spots."""
+    if _BORDER_META not in layer.metadata:
+        layer.metadata[_BORDER_META] = (np.array(layer.border_width, dtype=float),
+                                        np.array(layer.border_color, dtype=float),
+                                        bool(layer.border_width_is_relative))
+
+
 def _reset_borders(layer: Any) -> None:
-    if len(layer.data) and np.any(np.asarray(layer.border_width) > 0):
-        layer.border_width = np.zeros(len(layer.data))
+    """Put back the rims :func:`_save_borders` remembered (undo the 'unassigned' marks)."""
+    saved = layer.metadata.pop(_BORDER_META, None)
+    if saved is None or len(saved[0]) != len(layer.data):
+        return
+    widths, colors, relative = saved
+    layer.border_width_is_relative = relative
+    layer.border_width = widths
+    layer.border_color = colors
 
 
 def _run_params(adata: Any, task: str) -> dict:
@@ -496,10 +513,16 @@ class AnnotateView(ResultView):
         rgba = np.array(layer.face_color, dtype=float)
         rgba[unassigned] = to_rgba(UNASSIGNED_COLOR, 0.55)
         layer.face_color = rgba
-        border = np.tile(np.asarray(to_rgba(UNASSIGNED_BORDER)), (len(layer.data), 1))
-        layer.border_color = border
+        _save_borders(layer)
+        widths, colors, relative = layer.metadata[_BORDER_META]
+        if not relative:  # keep the other spots' rims as they were, in relative units
+            widths = widths / max(float(np.mean(layer.size)), 1e-6)
+        border = colors.copy() if colors.shape == (len(layer.data), 4) else np.tile(
+            np.asarray(to_rgba(UNASSIGNED_BORDER)), (len(layer.data), 1))
+        border[unassigned] = to_rgba(UNASSIGNED_BORDER)
         layer.border_width_is_relative = True
-        layer.border_width = np.where(unassigned, 0.18, 0.0)
+        layer.border_width = np.where(unassigned, 0.22, np.broadcast_to(widths, unassigned.shape))
+        layer.border_color = border
         layer.refresh()
 
 

@@ -127,20 +127,32 @@ def run(viewer: Any, task: str, *, adata: Any = None, method: str = "spatialdl",
 
 
 def wait(task_run: TaskRun, timeout: float | None = None) -> Any:
-    """Process Qt events until ``task_run`` is done; its result, None if cancelled, or raise its error."""
-    from qtpy.QtWidgets import QApplication
+    """Run Qt's event loop until ``task_run`` is done; its result, None if cancelled, or raise its error.
 
-    app = QApplication.instance()
+    A real event loop (not only ``processEvents``) so that napari's deferred clean-up (closed
+    progress bars, the activity indicator) happens while waiting.
+    """
+    from qtpy.QtCore import QEventLoop, QTimer
+
     start = time.perf_counter()
-    while not task_run.done:
-        app.processEvents()
-        time.sleep(0.002)
-        if timeout is not None and time.perf_counter() - start > timeout:
+    loop = QEventLoop()
+    poll = QTimer()
+    poll.setInterval(5)
+
+    def check() -> None:
+        if task_run.done:
+            loop.quit()
+        elif timeout is not None and time.perf_counter() - start > timeout and not task_run.cancelled:
             task_run.cancel()
-            while not task_run.done:
-                app.processEvents()
-                time.sleep(0.002)
-            raise TimeoutError(f"{task_run.task} did not finish within {timeout} s and was cancelled.")
+            task_run.timed_out = True
+
+    poll.timeout.connect(check)
+    poll.start()
+    if not task_run.done:
+        loop.exec()
+    poll.stop()
+    if getattr(task_run, "timed_out", False):
+        raise TimeoutError(f"{task_run.task} did not finish within {timeout} s and was cancelled.")
     if task_run.error is not None:
         raise task_run.error
     return task_run.result

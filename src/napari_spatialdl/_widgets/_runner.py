@@ -20,11 +20,12 @@ from __future__ import annotations
 import inspect
 import math
 import re
+import time
 import typing
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from qtpy.QtCore import QPointF, QRectF, Qt, Signal
+from qtpy.QtCore import QPointF, QRectF, Qt, QTimer, Signal
 from qtpy.QtGui import QColor, QFont, QPainter, QPainterPath, QPen
 from qtpy.QtWidgets import (
     QComboBox,
@@ -40,6 +41,52 @@ from qtpy.QtWidgets import (
 from ..models._train import ProgressEvent, available_devices
 
 Callback = Callable[..., Any]
+
+#: seconds between progress-bar updates (each one repaints the window, see ``_on_yielded``)
+PBAR_INTERVAL = 0.5
+#: seconds between repaints of the live loss plot
+LOSS_PLOT_INTERVAL = 0.25
+
+#: Pause napari's animated "in progress" GIF in the status bar while a task runs, when the
+#: OpenGL renderer is software (llvmpipe & co: Xvfb, VNC/remote desktops, VMs). There every GIF
+#: frame recomposites the whole window on the CPU and blocks napari's event loop for tens of ms
+#: (measured by benchmarks/gui_responsiveness.py); the progress bar in the activity dock still
+#: updates, and the indicator stays visible (still).
+PAUSE_ACTIVITY_GIF_ON_SOFTWARE_GL = True
+_SOFTWARE_RENDERERS = ("llvmpipe", "softpipe", "swrast", "software", "basic render")
+_renderer_cache: dict[int, str] = {}
+
+
+def gl_renderer(viewer: Any) -> str:
+    """The OpenGL renderer string of ``viewer``'s canvas ('' when unknown)."""
+    key = id(viewer)
+    if key not in _renderer_cache:
+        try:
+            from vispy.gloo import gl
+
+            canvas = viewer.window._qt_viewer.canvas._scene_canvas
+            canvas.set_current()
+            _renderer_cache[key] = str(gl.glGetParameter(gl.GL_RENDERER))
+        except Exception:  # no canvas/context (headless): unknown
+            _renderer_cache[key] = ""
+    return _renderer_cache[key]
+
+
+def software_gl(viewer: Any) -> bool:
+    """True when ``viewer`` draws with a software OpenGL renderer."""
+    renderer = gl_renderer(viewer).lower()
+    return any(name in renderer for name in _SOFTWARE_RENDERERS)
+
+
+def _activity_movie(viewer: Any) -> Any:
+    """napari's status-bar activity GIF (a QMovie), or None."""
+    try:
+        from napari._qt.dialogs.qt_activity_dialog import ActivityToggleItem
+
+        items = viewer.window._qt_window.findChildren(ActivityToggleItem)
+        return items[0]._inProgressIndicator.movie() if items else None
+    except Exception:  # napari's internals changed: leave the animation alone
+        return None
 
 
 class TaskFailed(Exception):
@@ -122,6 +169,7 @@ class TaskRun:
         self._box: dict = {}
         self._gen = None
         self._stage: str | None = None
+        self._pbar_time = 0.0
 
     # ------------------------------------------------------------------ control
     def start(self) -> TaskRun:
@@ -138,6 +186,7 @@ class TaskRun:
             return self
         self._gen = _drive(task_gen, self._box)
         self._make_pbar()
+        self._pause_activity_gif()
         worker = create_worker(spatialdl_task, self._gen, _start_thread=False, _ignore_errors=True)
         worker.yielded.connect(self._on_yielded)
         worker.errored.connect(self._on_errored)
@@ -165,6 +214,34 @@ class TaskRun:
         except Exception:  # no progress display available: the run works without it
             self.pbar = None
 
+    def _pause_activity_gif(self) -> None:
+        self._paused_movie = None
+        if not PAUSE_ACTIVITY_GIF_ON_SOFTWARE_GL:
+            return
+        try:
+            from napari import current_viewer
+
+            viewer = current_viewer()
+        except Exception:
+            viewer = None
+        if viewer is None or not software_gl(viewer):
+            return
+        movie = _activity_movie(viewer)
+        if movie is not None:
+            movie.setPaused(True)
+            self._paused_movie = movie
+
+    def _resume_activity_gif(self) -> None:
+        from qtpy.QtGui import QMovie
+
+        movie = getattr(self, "_paused_movie", None)
+        self._paused_movie = None
+        if movie is not None and movie.state() == QMovie.MovieState.Paused:
+            try:
+                movie.setPaused(False)  # napari stops and hides it once no progress is left
+            except RuntimeError:  # the window is gone
+                pass
+
     def _on_yielded(self, event: Any) -> None:
         if not isinstance(event, ProgressEvent):
             return
@@ -173,20 +250,25 @@ class TaskRun:
         if self.on_event is not None:
             self.on_event(event)
         pbar = self.pbar  # napari's progress may process events (re-entrancy): keep a local
-        if pbar is not None and not self.done:
-            if event.stage != self._stage:
-                self._stage = event.stage
-                pbar.reset(total=max(1, int(event.n_epochs)))
-            elif pbar.total != event.n_epochs and event.n_epochs:
-                pbar.total = int(event.n_epochs)
-            done = max(0, int(event.epoch) - int(pbar.n))
-            loss = "" if event.train_loss is None else f", loss {event.train_loss:.4g}"
+        if pbar is None or self.done:
+            return
+        # napari's progress bar calls QApplication.processEvents() on every change, which
+        # repaints the window synchronously: change the description once per stage and the
+        # value at most every PBAR_INTERVAL seconds (plus the last epoch)
+        now = time.perf_counter()
+        if event.stage != self._stage:
+            self._stage = event.stage
             stage = "" if event.stage in ("", "train") else f" [{event.stage}]"
-            pbar.set_description(f"{self.task} ({self.method}){stage}{loss}")
-            if done:
-                pbar.update(done)
-            else:
-                pbar.refresh()
+            pbar.reset(total=max(1, int(event.n_epochs)))
+            pbar.set_description(f"{self.task} ({self.method}){stage}")
+            self._pbar_time = now
+        done = max(0, int(event.epoch) - int(pbar.n))
+        last = event.n_epochs and event.epoch >= event.n_epochs
+        if done and (last or now - self._pbar_time >= PBAR_INTERVAL):
+            if event.n_epochs and pbar.total != event.n_epochs:
+                pbar.total = int(event.n_epochs)
+            pbar.update(done)
+            self._pbar_time = now
 
     def _on_errored(self, exc: BaseException) -> None:
         self._fail(exc)
@@ -226,6 +308,7 @@ class TaskRun:
 
     def _finish(self) -> None:
         self.done = True
+        self._resume_activity_gif()
         if self.pbar is not None:
             self.pbar.close()
             self.pbar = None
@@ -244,6 +327,11 @@ class LossPlot(QWidget):
         super().__init__(parent)
         self.setMinimumHeight(130)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        # repaint at most every LOSS_PLOT_INTERVAL s: each repaint recomposites the window
+        self._repaint = QTimer(self)
+        self._repaint.setSingleShot(True)
+        self._repaint.setInterval(int(LOSS_PLOT_INTERVAL * 1000))
+        self._repaint.timeout.connect(self.update)
         self.clear()
 
     def clear(self, title: str = "") -> None:
@@ -279,7 +367,8 @@ class LossPlot(QWidget):
         if event.message:
             parts.append(event.message)
         self.status = ", ".join(parts)
-        self.update()
+        if not self._repaint.isActive():
+            self._repaint.start()
 
     def paintEvent(self, _event) -> None:  # noqa: N802 (Qt)
         painter = QPainter(self)

@@ -198,7 +198,6 @@ class TaskWidget(QWidget):
 
     def showEvent(self, event: Any) -> None:  # noqa: N802 (Qt)
         """Refresh when shown: obs columns may have changed (e.g. regions were assigned)."""
-        self._panel_key = None
         self.refresh()
         super().showEvent(event)
 
@@ -274,7 +273,9 @@ class TaskWidget(QWidget):
             return
         method = get_method(self.task, name)
         adata, reference = self.adata, self._reference()
-        key = (name, id(adata), id(reference))
+        skip = (*HANDLED_PARAMS, *self._input_param_names())
+        choices = self._param_choices(method.func, adata, reference, skip)
+        key = (name, id(adata), id(reference), repr(choices))
         if key == self._panel_key:
             return
         old = {}
@@ -288,8 +289,6 @@ class TaskWidget(QWidget):
             self.params.native.setParent(None)
             self.params.native.deleteLater()
         self.method_info.setText(method.description)
-        skip = (*HANDLED_PARAMS, *self._input_param_names())
-        choices = self._param_choices(method.func, adata, reference, skip)
         self.params = ParamPanel(method.func, skip=skip, choices=choices)
         for pname, value in old.items():
             if pname in self.params.fields:
