@@ -88,6 +88,8 @@ class TrainingConfig:
     patience: int = 20
     min_delta: float = 1e-4
     min_epochs: int = 0
+    #: end with the weights of the epoch with the best watched loss (else: the last epoch's)
+    restore_best: bool = True
     seed: int = 0
     device: str | torch.device = "auto"
     log_every: int = 0  # also report inside an epoch every N steps (0: per epoch only)
@@ -368,7 +370,8 @@ def _epochs(module, store, loss_fn, config, optimizer, params, train_idx, val_id
         if watched < best_loss - config.min_delta * max(1.0, abs(best_loss) if np.isfinite(best_loss) else 1.0):
             best_loss, bad_epochs = watched, 0
             history.best_epoch = epoch
-            best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            if config.restore_best:
+                best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
         else:
             bad_epochs += 1
         history.n_epochs = epoch

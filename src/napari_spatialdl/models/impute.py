@@ -1,0 +1,224 @@
+"""Imputation / denoising: a count autoencoder with size factors (DCA family).
+
+The network reads a cell's (or spot's) log-normalised expression, squeezes it
+through a small bottleneck and predicts, for every gene, the parameters of a
+negative binomial (NB) or zero-inflated NB (ZINB) distribution of its raw count:
+
+* mean ``mu = library_size * softmax(decoder(h))`` (the size factor is the cell's
+  total count, so the decoder only has to explain composition),
+* gene-specific inverse dispersion ``theta``,
+* for ZINB, a per-entry dropout probability ``pi``.
+
+The imputed value is ``mu``, the expected count of the *denoised* expression. For
+ZINB this is the NB mean, not the ZINB mean ``(1 - pi) * mu``: ``pi`` models the
+technical zeros we want to fill in, so it is deliberately left out.
+
+Training is denoising (masking): every step a random fraction of each cell's
+input entries is set to zero and the model must still predict all counts, so it
+learns to fill missing values from the gene-gene structure instead of copying its
+input. With ``spatial=True`` the input also holds the mean normalised expression of
+the spot's spatial neighbours.
+
+Pure torch + numpy/scipy: no AnnData.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from ._base import SavableModel
+from ._likelihoods import log_nb, log_zinb
+from ._train import ProgressEvent, TrainingConfig, TrainingHistory, train
+
+LIKELIHOODS = ("nb", "zinb")
+
+
+def library_sizes(X: np.ndarray | sp.spmatrix) -> np.ndarray:
+    """Total count per row as an (n, 1) float32 array."""
+    return np.asarray(X.sum(axis=1), dtype=np.float32).reshape(-1, 1)
+
+
+def log_normalise(X: np.ndarray | sp.spmatrix, library: np.ndarray, scale: float):
+    """``log1p(x / library * scale)``; sparse input stays sparse."""
+    factor = (scale / np.maximum(library.ravel(), 1e-12)).astype(np.float32)
+    if sp.issparse(X):
+        out = sp.csr_matrix(sp.diags(factor) @ sp.csr_matrix(X, dtype=np.float32))
+        out.data = np.log1p(out.data)
+        return out
+    return np.log1p(np.asarray(X, dtype=np.float32) * factor[:, None])
+
+
+def neighbour_mean(values: np.ndarray | sp.spmatrix, neighbours: np.ndarray) -> np.ndarray:
+    """Mean of ``values`` over each row's neighbours (``neighbours``: (n, k) row indices)."""
+    neighbours = np.asarray(neighbours, dtype=np.int64)
+    n, k = neighbours.shape
+    W = sp.csr_matrix((np.full(n * k, 1.0 / k, dtype=np.float32),
+                       (np.repeat(np.arange(n), k), neighbours.ravel())), shape=(n, values.shape[0]))
+    out = W @ values
+    return np.asarray(out.toarray() if sp.issparse(out) else out, dtype=np.float32)
+
+
+class CountAutoencoder(nn.Module):
+    """Encoder on log-normalised (standardised) input; NB/ZINB decoder with size factors.
+
+    Parameters
+    ----------
+    n_genes
+        Number of genes (outputs).
+    hidden
+        Widths of the hidden layers, e.g. ``(128, 32, 128)``: the narrowest is the bottleneck.
+    likelihood
+        ``"nb"`` or ``"zinb"``.
+    spatial
+        The input also holds the neighbours' mean expression (``2 * n_genes`` inputs).
+    mask_rate
+        Fraction of input entries hidden (set to zero) per training step.
+    scale
+        Target library size of the log-normalisation.
+    """
+
+    def __init__(self, n_genes: int, hidden: Sequence[int] = (128, 32, 128), likelihood: str = "zinb",
+                 spatial: bool = False, mask_rate: float = 0.2, scale: float = 1e4):
+        super().__init__()
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}.")
+        self.n_genes = n_genes
+        self.likelihood = likelihood
+        self.spatial = spatial
+        self.mask_rate = float(mask_rate)
+        n_in = n_genes * (2 if spatial else 1)
+        layers: list[nn.Module] = []
+        width = n_in
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.LayerNorm(h), nn.ELU()]
+            width = h
+        self.body = nn.Sequential(*layers)
+        self.mean_head = nn.Linear(width, n_genes)
+        self.pi_head = nn.Linear(width, n_genes) if likelihood == "zinb" else None
+        self.log_theta = nn.Parameter(torch.zeros(n_genes))
+        self.register_buffer("in_mean", torch.zeros(n_in))
+        self.register_buffer("in_std", torch.ones(n_in))
+        self.register_buffer("scale", torch.tensor(float(scale)))
+
+    def set_input_stats(self, mean: np.ndarray, std: np.ndarray) -> None:
+        """Per-feature centring and scaling of the log-normalised input."""
+        self.in_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.in_std.copy_(torch.as_tensor(np.maximum(std, 1e-3), dtype=torch.float32))
+
+    def encode_input(self, x: torch.Tensor, library: torch.Tensor,
+                     neighbours: torch.Tensor | None = None, mask: bool = False) -> torch.Tensor:
+        xlog = torch.log1p(x / library.clamp(min=1e-12) * self.scale)
+        if mask and self.mask_rate > 0:
+            keep = torch.rand_like(xlog) >= self.mask_rate
+            xlog = xlog * keep / (1.0 - self.mask_rate)
+        if self.spatial:
+            if neighbours is None:
+                raise ValueError("This model was built with spatial=True: pass the neighbours' mean expression.")
+            xlog = torch.cat([xlog, neighbours], dim=1)
+        return (xlog - self.in_mean) / self.in_std
+
+    def forward(self, x: torch.Tensor, library: torch.Tensor, neighbours: torch.Tensor | None = None,
+                mask: bool = False) -> dict[str, torch.Tensor]:
+        h = self.body(self.encode_input(x, library, neighbours, mask))
+        mu = library * torch.softmax(self.mean_head(h), dim=-1)
+        out = {"mu": mu, "theta": self.log_theta.exp().clamp(max=1e6)}
+        if self.pi_head is not None:
+            out["pi_logits"] = self.pi_head(h)
+        return out
+
+    def log_likelihood(self, x: torch.Tensor, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.likelihood == "zinb":
+            return log_zinb(x, out["mu"], out["theta"], out["pi_logits"])
+        return log_nb(x, out["mu"], out["theta"])
+
+
+def _impute_loss(module: CountAutoencoder, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    out = module(batch["x"], batch["library"], batch.get("neighbours"), mask=module.training)
+    return -module.log_likelihood(batch["x"], out).sum(dim=1).mean()
+
+
+class ImputeModel(SavableModel):
+    """Fit/predict wrapper of :class:`CountAutoencoder` (save/load via :class:`SavableModel`).
+
+    Parameters
+    ----------
+    n_genes
+        Number of genes.
+    hidden, likelihood, spatial, mask_rate
+        See :class:`CountAutoencoder`.
+    genes
+        Gene names (kept with the model; predictions on new data must use the same genes).
+    """
+
+    def __init__(self, n_genes: int, *, hidden: Sequence[int] = (128, 32, 128), likelihood: str = "zinb",
+                 spatial: bool = False, mask_rate: float = 0.2, genes: Sequence[str] | None = None):
+        self.init_kwargs = {"n_genes": int(n_genes), "hidden": [int(h) for h in hidden],
+                            "likelihood": likelihood, "spatial": bool(spatial),
+                            "mask_rate": float(mask_rate)}
+        self.module = CountAutoencoder(**self.init_kwargs)
+        self.extra: dict[str, Any] = {"genes": [str(g) for g in genes] if genes is not None else None}
+
+    @classmethod
+    def build(cls, init_kwargs: dict[str, Any], extra: dict[str, Any]) -> ImputeModel:
+        kwargs = dict(init_kwargs)
+        model = cls(kwargs.pop("n_genes"), **kwargs)
+        model.extra = dict(extra)
+        return model
+
+    @property
+    def spatial(self) -> bool:
+        return bool(self.init_kwargs["spatial"])
+
+    def _inputs(self, X, neighbours: np.ndarray | None) -> dict[str, Any]:
+        if X.shape[1] != self.init_kwargs["n_genes"]:
+            raise ValueError(f"Expected {self.init_kwargs['n_genes']} genes, got {X.shape[1]}.")
+        library = library_sizes(X)
+        data: dict[str, Any] = {"x": X, "library": library}
+        if self.spatial:
+            if neighbours is None:
+                raise ValueError("This model was fitted with spatial=True: pass the neighbour indices.")
+            xlog = log_normalise(X, library, float(self.module.scale))
+            data["neighbours"] = neighbour_mean(xlog, neighbours)
+        return data
+
+    def fit_iter(self, X: np.ndarray | sp.spmatrix, neighbours: np.ndarray | None = None,
+                 config: TrainingConfig | None = None) -> Generator[ProgressEvent, None, TrainingHistory]:
+        """Train on counts ``X`` (cells x genes); a generator (see :func:`train`).
+
+        ``neighbours`` is an (n, k) array of each row's spatial neighbours (``spatial=True`` only).
+        """
+        config = config or TrainingConfig()
+        library = library_sizes(X)
+        self.module.scale.fill_(float(np.median(library)))
+        data = self._inputs(X, neighbours)
+        feats = [log_normalise(X, library, float(self.module.scale))]
+        if self.spatial:
+            feats.append(data["neighbours"])
+        mean = np.concatenate([np.asarray(f.mean(axis=0)).ravel() for f in feats])
+        sq = np.concatenate([np.asarray(f.multiply(f).mean(axis=0) if sp.issparse(f) else (f**2).mean(axis=0)).ravel()
+                             for f in feats])
+        self.module.set_input_stats(mean, np.sqrt(np.maximum(sq - mean**2, 0)))
+        history = yield from train(self.module, data, _impute_loss, config)
+        return history
+
+    @torch.no_grad()
+    def predict(self, X: np.ndarray | sp.spmatrix, neighbours: np.ndarray | None = None,
+                batch_size: int = 4096, device: str | torch.device = "cpu") -> np.ndarray:
+        """Expected (denoised) count of every gene in every row of ``X``: the NB mean ``mu``."""
+        data = self._inputs(X, neighbours)
+        module = self.module.to(device).eval()
+        out = np.empty(X.shape, dtype=np.float32)
+        for start in range(0, X.shape[0], batch_size):
+            rows = slice(start, start + batch_size)
+            x = X[rows]
+            x = torch.as_tensor(x.toarray() if sp.issparse(x) else np.asarray(x), dtype=torch.float32, device=device)
+            lib = torch.as_tensor(data["library"][rows], device=device)
+            nb = (torch.as_tensor(data["neighbours"][rows], device=device) if self.spatial else None)
+            out[rows] = module(x, lib, nb)["mu"].cpu().numpy()
+        return out
