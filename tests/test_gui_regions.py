@@ -205,3 +205,51 @@ def test_regions_on_real_hne(viewer, shared_data):
 
     viewer.reset_view()
     imwrite("/tmp/sdl_regions_hne.png", viewer.screenshot(canvas_only=True, flash=False))
+
+
+def test_regions_train_annotation_of_the_rest(viewer, qtbot, small_tissue):
+    """Label a few spots per anatomical region by drawing squares, then annotate the rest."""
+    from napari_spatialdl._widgets._dock import SpatialDLDock
+    from napari_spatialdl._widgets._viewer import show
+
+    spatial, _ = small_tissue
+    show(spatial, viewer, legend=False)
+    spots = viewer.layers[-1]
+    dock = SpatialDLDock(viewer)
+    viewer.window.add_dock_widget(dock, name="Spatial DL")
+    regions = dock.show_task("regions")
+    layer = regions.new_regions_layer()
+    yx = world_spots(spots)
+    half = 0.4 * float(np.mean(spots.size))  # a square around one spot only
+    truth = spatial.obs["region"].astype(str).to_numpy()
+    rng = np.random.default_rng(0)
+    picked = []
+    for name in np.unique(truth):
+        for i in rng.choice(np.flatnonzero(truth == name), size=4, replace=False):
+            layer.add_rectangles([np.array([yx[i] - half, yx[i] + half])])
+            regions.set_region_name(len(layer.data) - 1, name)
+            picked.append(i)
+    col = regions.assign("hand_labels")
+    assert col.notna().sum() == len(picked)
+    np.testing.assert_array_equal(col.astype(object)[picked].to_numpy(), truth[picked])
+
+    annotate = dock.show_task("annotate")
+    combo = annotate.reference.combo
+    combo.setCurrentIndex(combo.findText(f"'{spots.name}' itself (its own labels)"))
+    assert annotate.reference.value() is spatial
+    annotate.set_labels_key("hand_labels")
+    annotate.params.set(max_epochs=30)
+    assert annotate.run_button.isEnabled(), annotate.controls.reason.text()
+    run = annotate.start()
+    qtbot.waitUntil(lambda: run.done, timeout=120_000)
+    assert run.error is None, run.error
+    predicted = spatial.obs["spatialdl_cell_type"].astype(str).to_numpy()
+    rest = np.setdiff1d(np.arange(spatial.n_obs), picked)
+    accuracy = (predicted[rest] == truth[rest]).mean()
+    majority = pd.Series(truth[rest]).value_counts(normalize=True).iloc[0]
+    assert accuracy > majority + 0.1, (accuracy, majority)
+    from imageio.v3 import imwrite
+
+    viewer.window._qt_window.resize(1500, 1000)
+    qtbot.wait(100)
+    imwrite("/tmp/sdl_regions_annotated.png", viewer.screenshot(canvas_only=False, flash=False))

@@ -155,6 +155,7 @@ def test_inputs_and_reasons(viewer, tissue, qtbot):
         assert widget.method_name == "spatialdl"
 
     spatial, reference = tissue[0].copy(), tissue[1].copy()
+    spatial.obs = spatial.obs.rename(columns={"section": "half"})  # a name that says nothing
     show(spatial, viewer, legend=False)
     spots = viewer.layers[-1]
     assert dock.impute.run_button.isEnabled()
@@ -163,11 +164,14 @@ def test_inputs_and_reasons(viewer, tissue, qtbot):
     assert layer_field is not None and "counts" in [c for c in layer_field.widget.choices]
     assert "max_epochs" in dock.deconvolve.params.fields
     assert "device" not in dock.impute.params.fields and "copy" not in dock.impute.params.fields
-    # integration: a batch column has to be chosen
+    # integration: a batch column has to be chosen (none is named like one); counts such as
+    # array_row are not offered
     dock.integrate.refresh()
     assert not dock.integrate.run_button.isEnabled()
     assert "batch" in dock.integrate.controls.reason.text()
-    dock.integrate.set_batch_key("section")
+    offered = [dock.integrate.batch_key.itemText(i) for i in range(dock.integrate.batch_key.count())]
+    assert "half" in offered and "array_row" not in offered and "n_cells" not in offered
+    dock.integrate.set_batch_key("half")
     assert dock.integrate.run_button.isEnabled()
     # deconvolution: no reference yet
     assert not dock.deconvolve.run_button.isEnabled()

@@ -32,7 +32,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..regions import assign_regions, region_counts, write_regions
-from ._tasks import _set_items, spots_layers
+from ._tasks import _set_items, compact_combos, spots_layers
 
 if TYPE_CHECKING:
     import napari
@@ -134,6 +134,7 @@ class RegionsWidget(QWidget):
         layout.addWidget(self.summary)
         layout.addStretch(1)
 
+        compact_combos(self)
         self.new_button.clicked.connect(lambda: self.new_regions_layer())
         self.rename_button.clicked.connect(self.rename_selected)
         self.assign_button.clicked.connect(self._assign_clicked)

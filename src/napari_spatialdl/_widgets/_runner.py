@@ -262,6 +262,8 @@ class TaskRun:
             pbar.reset(total=max(1, int(event.n_epochs)))
             pbar.set_description(f"{self.task} ({self.method}){stage}")
             self._pbar_time = now
+        if int(event.epoch) < int(pbar.n):  # a new training run within the same stage
+            pbar.reset(total=max(1, int(event.n_epochs)))
         done = max(0, int(event.epoch) - int(pbar.n))
         last = event.n_epochs and event.epoch >= event.n_epochs
         if done and (last or now - self._pbar_time >= PBAR_INTERVAL):
@@ -353,6 +355,8 @@ class LossPlot(QWidget):
         if event.step < self._last_step:
             return  # an older event delivered late
         self._last_step = event.step
+        if self.train and 1 <= event.epoch < self.train[-1][0]:
+            self.train, self.val = [], []  # a new training run within the same stage
         self.n_epochs = int(event.n_epochs or 0)
         last = self.train[-1][0] if self.train else 0
         if event.train_loss is not None and math.isfinite(event.train_loss) and event.epoch > last:

@@ -77,6 +77,13 @@ def label_columns(adata: AnnData, *, allow_missing: bool = True, max_categories:
     return out
 
 
+def compact_combos(widget: QWidget, min_chars: int = 12) -> None:
+    """Let drop-downs shrink with the dock (long entries are elided, not widening the panel)."""
+    for combo in widget.findChildren(QComboBox):
+        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(min_chars)
+
+
 def _set_items(combo: QComboBox, items: list[tuple[str, Any]], keep: Any = None,
                fallback_first: bool = True) -> None:
     """Refill a combo box with (text, data) items, keeping the current choice when possible.
@@ -146,6 +153,7 @@ class TaskWidget(QWidget):
         layout.addStretch(1)
 
         self._fill_methods()
+        compact_combos(self)
         self.spots.currentIndexChanged.connect(self._on_spots_changed)
         self.method.currentIndexChanged.connect(lambda *_: self.refresh())
         self.controls.run_clicked.connect(self.start)
@@ -297,6 +305,7 @@ class TaskWidget(QWidget):
                 except (ValueError, TypeError, KeyError):
                     pass
         self.params.changed_connect(lambda: self.controls.set_reason(self.why_not()))
+        compact_combos(self.params.native)
         self.params_layout.addWidget(self.params.native)
         self._panel_key = key
 
