@@ -110,9 +110,7 @@ class AnnotationModule(torch.nn.Module):
         self.norm = torch.nn.LayerNorm(n_hidden)
         self.w2 = torch.nn.Parameter(torch.empty(k, n_hidden, n_classes))
         self.b2 = torch.nn.Parameter(torch.zeros(k, 1, n_classes))
-        for w in (self.w1, self.w2):
-            for i in range(k):
-                torch.nn.init.kaiming_uniform_(w.data[i].T, a=np.sqrt(5))
+        self.reset_parameters()
         self.register_buffer("gene_mean", torch.zeros(n_genes))
         self.register_buffer("gene_sd", torch.ones(n_genes))
         self.register_buffer("temperature", torch.ones(()))
@@ -120,6 +118,15 @@ class AnnotationModule(torch.nn.Module):
         # what only shapes the fit: not saved with the model
         self.register_buffer("fold", torch.zeros(0, dtype=torch.long), persistent=False)
         self.register_buffer("labels", torch.zeros(0, dtype=torch.long), persistent=False)
+
+    def reset_parameters(self) -> None:
+        """Fresh random weights (like ``nn.Linear``'s), drawn from torch's global generator."""
+        with torch.no_grad():
+            for w, b in ((self.w1, self.b1), (self.w2, self.b2)):
+                bound = 1.0 / np.sqrt(w.shape[1])
+                w.uniform_(-bound, bound)
+                b.uniform_(-bound, bound)
+            self.norm.reset_parameters()
 
     def features(self, counts: torch.Tensor) -> torch.Tensor:
         """Standardised log-normalised expression, ``(n, n_genes)``."""
@@ -262,6 +269,7 @@ class CellTypeClassifier(SavableModel):
             raise ValueError(f"counts has {X.shape[1]} genes, expected {len(self.genes)}.")
         m = self.module
         torch.manual_seed(seed)
+        m.reset_parameters()  # seeded: the same seed gives the same model
         with torch.no_grad():
             L = log_normalise(X)
             m.gene_mean.copy_(L.mean(dim=0))
