@@ -39,13 +39,14 @@ def _lgamma_diff(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         return torch.lgamma(x + theta) - torch.lgamma(theta)
     tl = theta.clamp(min=_STIRLING_FROM)
     r_xt, r_t = (x + tl).reciprocal(), tl.reciprocal()
-    # Stirling: (z - 1/2) log z - z + 1/(12 z) - 1/(360 z^3), differenced and rearranged
+    # Stirling: (z - 1/2) log z - z + 1/(12 z) - 1/(360 z^3) + 1/(1260 z^5), differenced
     large = (
         x * torch.log(x + tl)
         + (tl - 0.5) * torch.log1p(x * r_t)
         - x
         + (r_xt - r_t) / 12.0
         - (r_xt**3 - r_t**3) / 360.0
+        + (r_xt**5 - r_t**5) / 1260.0
     )
     if n_small == 0:
         return large
@@ -61,13 +62,14 @@ def _digamma_diff(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         return torch.digamma(x + theta) - torch.digamma(theta)
     tl = theta.clamp(min=_STIRLING_FROM)
     r_xt, r_t = (x + tl).reciprocal(), tl.reciprocal()
-    # digamma(z) ~ log z - 1/(2z) - 1/(12 z^2) + 1/(120 z^4) - 1/(252 z^6)
+    # digamma(z) ~ log z - 1/(2z) - 1/(12 z^2) + 1/(120 z^4) - 1/(252 z^6) + 1/(240 z^8)
     large = (
         torch.log1p(x * r_t)
         - 0.5 * (r_xt - r_t)
         - (r_xt**2 - r_t**2) / 12.0
         + (r_xt**4 - r_t**4) / 120.0
         - (r_xt**6 - r_t**6) / 252.0
+        + (r_xt**8 - r_t**8) / 240.0
     )
     if n_small == 0:
         return large
