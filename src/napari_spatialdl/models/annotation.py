@@ -3,8 +3,9 @@
 An ensemble of small MLPs on log-normalised, per-gene standardised expression of the genes
 shared by reference and query:
 
-* **Input**: raw counts -> ``log1p(10^4 * x / library)`` -> standardised with the reference's
-  per-gene mean and standard deviation (clipped to +-10). Working from counts lets training
+* **Input**: raw counts -> ``log1p(m * x / library)`` with ``m`` the reference's median library
+  size -> standardised with the reference's per-gene mean and standard deviation (clipped to
+  +-10). Working from counts lets training
   augment the data the way a different technology or depth would change it.
 * **Augmentation** (training only): binomial thinning of the counts to a random fraction of
   the depth (log-uniform between ``min_depth_fraction`` and 1): shallow query data and
@@ -41,10 +42,10 @@ def _tensor(X: Any) -> torch.Tensor:
     return torch.as_tensor(np.asarray(X, dtype=np.float32))
 
 
-def log_normalise(counts: torch.Tensor) -> torch.Tensor:
-    """``log1p(10^4 * x / library)`` per row (rows without counts stay 0)."""
+def log_normalise(counts: torch.Tensor, target_sum: float | torch.Tensor = _TARGET_SUM) -> torch.Tensor:
+    """``log1p(target_sum * x / library)`` per row (rows without counts stay 0)."""
     lib = counts.sum(dim=1, keepdim=True).clamp(min=1.0)
-    return torch.log1p(counts / lib * _TARGET_SUM)
+    return torch.log1p(counts / lib * target_sum)
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> float:
@@ -111,6 +112,7 @@ class AnnotationModule(torch.nn.Module):
         self.w2 = torch.nn.Parameter(torch.empty(k, n_hidden, n_classes))
         self.b2 = torch.nn.Parameter(torch.zeros(k, 1, n_classes))
         self.reset_parameters()
+        self.register_buffer("target_sum", torch.tensor(_TARGET_SUM))
         self.register_buffer("gene_mean", torch.zeros(n_genes))
         self.register_buffer("gene_sd", torch.ones(n_genes))
         self.register_buffer("temperature", torch.ones(()))
@@ -130,7 +132,7 @@ class AnnotationModule(torch.nn.Module):
 
     def features(self, counts: torch.Tensor) -> torch.Tensor:
         """Standardised log-normalised expression, ``(n, n_genes)``."""
-        return ((log_normalise(counts) - self.gene_mean) / self.gene_sd).clamp(-10.0, 10.0)
+        return ((log_normalise(counts, self.target_sum) - self.gene_mean) / self.gene_sd).clamp(-10.0, 10.0)
 
     def thin(self, counts: torch.Tensor) -> torch.Tensor:
         """Binomial thinning of every row to a random fraction of its depth (training augmentation)."""
@@ -271,7 +273,10 @@ class CellTypeClassifier(SavableModel):
         torch.manual_seed(seed)
         m.reset_parameters()  # seeded: the same seed gives the same model
         with torch.no_grad():
-            L = log_normalise(X)
+            # normalise to the median depth of the reference (scanpy's default): at a few hundred
+            # UMIs per cell, scaling to 10^4 would turn a single count into a large jump
+            m.target_sum.fill_(max(float(X.sum(dim=1).median()), 1.0))
+            L = log_normalise(X, m.target_sum)
             m.gene_mean.copy_(L.mean(dim=0))
             m.gene_sd.copy_(L.std(dim=0).clamp(min=1e-2) if len(L) > 1 else torch.ones(L.shape[1]))
             freq = np.bincount(y, minlength=len(classes)).astype(np.float64)

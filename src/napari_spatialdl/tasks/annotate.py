@@ -158,9 +158,9 @@ def annotate_spatialdl(query: AnnData, reference: AnnData, labels_key: str, *,
                        device: str = "auto", seed: int = 0, copy: bool = False) -> TaskGen:
     """Transfer cell-type labels from a reference to a query with a calibrated classifier.
 
-    An ensemble of small neural networks on log-normalised, per-gene standardised expression of
-    the shared genes, trained with depth augmentation (binomial thinning) and dropout so that it
-    holds up across batches and technologies. The confidence (highest class probability) is
+    An ensemble of small neural networks on log-normalised (to the reference's median depth),
+    per-gene standardised expression of the shared genes, trained with depth augmentation
+    (binomial thinning) and dropout so that it holds up across batches and technologies. The confidence (highest class probability) is
     calibrated by temperature scaling on out-of-fold predictions of the reference.
 
     Parameters
