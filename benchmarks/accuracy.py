@@ -88,13 +88,18 @@ class Case:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _datasets(names: list[str]) -> dict[str, tuple[AnnData, AnnData]]:
+#: size of the synthetic tissue in the benchmark (the package default, 2,000 spots and 3,000
+#: cells, makes the reference tools' default runs take hours on 2 CPU cores; --synthetic-full)
+SYNTHETIC_SIZE = {"n_spots": 600, "n_reference_cells": 1500}
+
+
+def _datasets(names: list[str], synthetic_full: bool = False) -> dict[str, tuple[AnnData, AnnData]]:
     out = {}
     for name in names:
         if name == "hippocampus":
             out[name] = P.load_hippocampus()
         elif name == "synthetic":
-            out[name] = P.load_synthetic(seed=0)
+            out[name] = P.load_synthetic(seed=0, **({} if synthetic_full else SYNTHETIC_SIZE))
         else:
             raise SystemExit(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
     return out
@@ -472,6 +477,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help=f"fewer simulated spots and at most {QUICK_EPOCHS} epochs per trained model")
     ap.add_argument("--device", default="auto", help="device passed to methods that take one")
+    ap.add_argument("--synthetic-full", action="store_true",
+                    help="the package's default synthetic tissue (2,000 spots, 3,000 cells) instead of "
+                         f"{SYNTHETIC_SIZE['n_spots']} spots and {SYNTHETIC_SIZE['n_reference_cells']} cells")
     ap.add_argument("--out", default=None, help="markdown output (default results/accuracy_<date>.md)")
     args = ap.parse_args(argv)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -487,8 +495,30 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.strftime("%Y-%m-%d %H:%M")
     machine, vers = machine_info(), versions()
-    data = _datasets(names)
-    sections, raw = [], {}
+    data = _datasets(names, args.synthetic_full)
+    header = [f"# Accuracy benchmark ({started}{', quick' if args.quick else ''})", "",
+              "Command: `python benchmarks/accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:]) + "`",
+              "", "Machine: " + "; ".join(f"{k}: {v}" for k, v in machine.items()), "",
+              "Versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()), "",
+              "`seconds`: wall-clock per method on this machine (shared with other work: see the "
+              "load average), including data preparation inside the method; `cpu_s`: CPU seconds of "
+              "all its threads (less sensitive to the machine's load). `(local)`: a baseline "
+              "computed by the benchmark because no registry method of that name exists; every other "
+              "row ran through `napari_spatialdl.tasks.get_method(task, name)`. Every method runs "
+              "with its default settings" + (f", except at most {QUICK_EPOCHS} epochs (--quick)" if args.quick else "")
+              + ".", ""]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sections: list[str] = []
+    raw: dict[str, Any] = {}
+
+    def save(done: bool) -> None:
+        status = [] if done else ["*(in progress: more tables follow)*", ""]
+        footer = [f"Finished {time.strftime('%Y-%m-%d %H:%M')}; load average at the end: "
+                  + ", ".join(f"{x:.1f}" for x in os.getloadavg()) + "."] if done else []
+        out.write_text("\n".join(header + status) + "\n" + "\n".join(sections) + "\n" + "\n".join(footer) + "\n")
+        out.with_suffix(".json").write_text(json.dumps({"machine": machine, "versions": vers, "results": raw},
+                                                       indent=1, default=str))
+
     for task in tasks:
         entries = methods_for(task, wanted, args.quick, args.device)
         for case in [c for ds in names for c in make_cases(task, ds, data[ds], args.quick)]:
@@ -504,19 +534,8 @@ def main(argv: list[str] | None = None) -> int:
             print("\n" + text, flush=True)
             sections.append(text)
             raw[f"{task}/{ds}"] = {"note": case.note, "rows": json.loads(df.to_json(orient="records"))}
-    header = [f"# Accuracy benchmark ({started}{', quick' if args.quick else ''})", "",
-              "Command: `python benchmarks/accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:]) + "`",
-              "", "Machine: " + "; ".join(f"{k}: {v}" for k, v in machine.items()), "",
-              "Versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()), "",
-              "`seconds`: wall-clock per method on this machine (shared with other work: see the "
-              "load average), including data preparation inside the method; `cpu_s`: CPU seconds of "
-              "all its threads (less sensitive to the machine's load). `(local)`: a baseline "
-              "computed by the benchmark because no registry method of that name exists; every other "
-              "row ran through `napari_spatialdl.tasks.get_method(task, name)`.", ""]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(header) + "\n" + "\n".join(sections))
-    out.with_suffix(".json").write_text(json.dumps({"machine": machine, "versions": vers, "results": raw},
-                                                   indent=1, default=str))
+            save(done=False)
+    save(done=True)
     print(f"[accuracy] wrote {out}", file=sys.stderr)
     return 0
 
