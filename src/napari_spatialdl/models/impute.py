@@ -39,6 +39,11 @@ from ._train import ProgressEvent, TrainingConfig, TrainingHistory, train
 LIKELIHOODS = ("nb", "zinb")
 
 
+def default_config(**changes: Any) -> TrainingConfig:
+    """The training settings of :func:`~napari_spatialdl.tasks.impute.impute_spatialdl`."""
+    return TrainingConfig(**{"max_epochs": 300, "batch_size": 128, "lr": 5e-3, "patience": 10, **changes})
+
+
 def library_sizes(X: np.ndarray | sp.spmatrix) -> np.ndarray:
     """Total count per row as an (n, 1) float32 array."""
     return np.asarray(X.sum(axis=1), dtype=np.float32).reshape(-1, 1)
@@ -193,7 +198,7 @@ class ImputeModel(SavableModel):
 
         ``neighbours`` is an (n, k) array of each row's spatial neighbours (``spatial=True`` only).
         """
-        config = config or TrainingConfig()
+        config = config or default_config()
         library = library_sizes(X)
         self.module.scale.fill_(float(np.median(library)))
         data = self._inputs(X, neighbours)
