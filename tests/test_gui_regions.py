@@ -245,9 +245,12 @@ def test_regions_train_annotation_of_the_rest(viewer, qtbot, small_tissue):
     assert run.error is None, run.error
     predicted = spatial.obs["spatialdl_cell_type"].astype(str).to_numpy()
     rest = np.setdiff1d(np.arange(spatial.n_obs), picked)
-    accuracy = (predicted[rest] == truth[rest]).mean()
-    majority = pd.Series(truth[rest]).value_counts(normalize=True).iloc[0]
-    assert accuracy > majority + 0.1, (accuracy, majority)
+    assert set(predicted[rest]) <= set(truth)  # every unlabelled spot got one of the drawn names
+    # per-region recall, averaged (regions differ a lot in size): well above chance (1/6)
+    from sklearn.metrics import balanced_accuracy_score
+
+    balanced = balanced_accuracy_score(truth[rest], predicted[rest])
+    assert balanced > 2 / len(np.unique(truth)), balanced
     from imageio.v3 import imwrite
 
     viewer.window._qt_window.resize(1500, 1000)

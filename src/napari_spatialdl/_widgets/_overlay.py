@@ -164,7 +164,12 @@ class ResultView(QWidget):
         self.set_target(layer, quiet=False)
 
     def _prepare(self, layer: Any, result: Any) -> None:
-        """Derive what the view needs from a fresh result (e.g. clusters)."""
+        """Derive what the view needs from a fresh result (main thread, after the run)."""
+
+    def worker_postprocess(self) -> Any:
+        """A function of the ``TaskResult`` for the worker thread (heavy, Qt-free preparation of
+        the display, read from the controls now), or None."""
+        return None
 
     def _fill(self, adata: Any) -> None:
         """Fill the drop-downs from ``adata``."""
@@ -201,6 +206,20 @@ class ImputeView(ResultView):
     def has_result(self, adata: Any) -> bool:
         return IMPUTED_LAYER in adata.layers
 
+    def worker_postprocess(self) -> Any:
+        def suggest(result: Any) -> None:  # in the worker: scan every gene once
+            result.info["display_gene"] = self.default_gene(result.adata)
+
+        return suggest
+
+    def _prepare(self, layer: Any, result: Any) -> None:
+        gene = getattr(result, "info", {}).get("display_gene") if result is not None else None
+        if gene:  # a fresh result: show its most variable gene
+            self.gene.blockSignals(True)
+            self.gene.setCurrentText("")
+            self.gene.blockSignals(False)
+            self._suggested = str(gene)
+
     def raw_layer(self, adata: Any) -> str | None:
         layer = _run_params(adata, "impute").get("layer")
         return str(layer) if layer and layer in adata.layers else None
@@ -208,11 +227,13 @@ class ImputeView(ResultView):
     def _fill(self, adata: Any) -> None:
         genes = [str(g) for g in adata.var_names]
         keep = self.gene.currentText()
+        suggested = getattr(self, "_suggested", None)
+        self._suggested = None
         self.gene.blockSignals(True)
         self.gene.clear()
         self.gene.addItems(genes)
         if keep not in genes:
-            keep = self.default_gene(adata)
+            keep = suggested if suggested in genes else self.default_gene(adata)
         self.gene.setCurrentIndex(genes.index(keep))
         self.gene.blockSignals(False)
 
@@ -311,9 +332,21 @@ class IntegrateView(ResultView):
     def has_result(self, adata: Any) -> bool:
         return LATENT_KEY in adata.obsm
 
+    def worker_postprocess(self) -> Any:
+        n_clusters = self.n_clusters.value()
+
+        def cluster(result: Any) -> None:  # in the worker: sklearn/scanpy import and fit
+            result.info["display_clusters"] = cluster_latent(result.adata, n_clusters=n_clusters)
+
+        return cluster
+
     def _prepare(self, layer: Any, result: Any) -> None:
         adata = layer.metadata["adata"]
-        self.method_used = cluster_latent(adata, n_clusters=self.n_clusters.value())
+        done = getattr(result, "info", {}).get("display_clusters") if result is not None else None
+        if done and CLUSTERS_KEY in adata.obs:
+            self.method_used = done
+        else:
+            self.method_used = cluster_latent(adata, n_clusters=self.n_clusters.value())
 
     def _recluster(self) -> None:
         adata = self.adata
@@ -539,9 +572,10 @@ def result_view_for(task: str, viewer: Any) -> ResultView:
     return VIEWS[task](viewer)
 
 
-def show_task_result(viewer: Any, layer: Any, task: str, result: Any = None, **context: Any) -> ResultView:
+def show_task_result(viewer: Any, layer: Any, task: str, result: Any = None, *,
+                     view: ResultView | None = None, **context: Any) -> ResultView:
     """Draw a task's result on ``layer`` without a dock (scripts); returns the (hidden) view."""
-    view = result_view_for(task, viewer)
+    view = view or result_view_for(task, viewer)
     view.show_result(layer, result, **context)
     return view
 

@@ -77,7 +77,7 @@ def run(viewer: Any, task: str, *, adata: Any = None, method: str = "spatialdl",
         the result.
     """
     from ..tasks import get_method
-    from ._overlay import show_task_result
+    from ._overlay import result_view_for, show_task_result
     from ._viewer import find_spots_layer, show
 
     if task not in TASKS:
@@ -108,13 +108,16 @@ def run(viewer: Any, task: str, *, adata: Any = None, method: str = "spatialdl",
     else:
         args = (adata,)
 
+    view = result_view_for(task, viewer) if overlay else None
+
     def on_result(result: Any) -> None:
-        if overlay:
-            _VIEWS.append(show_task_result(viewer, layer, task, result, **context))
+        if view is not None:
+            _VIEWS.append(show_task_result(viewer, layer, task, result, view=view, **context))
             del _VIEWS[:-8]  # keep the last few views alive, no more
 
     task_run = TaskRun(task, args, method, params, on_result=on_result,
-                       on_finish=_ACTIVE.discard, show_errors=not block)
+                       on_finish=_ACTIVE.discard, show_errors=not block,
+                       postprocess=view.worker_postprocess() if view is not None else None)
     _ACTIVE.add(task_run)
     task_run.start()
     if task_run.worker is not None:

@@ -97,17 +97,24 @@ class TaskFailed(Exception):
     """
 
 
-def _drive(gen, box: dict):
+def _drive(gen, box: dict, postprocess: Callable[[Any], Any] | None = None):
     """Run a task generator inside the worker; keep its result in ``box``.
 
     ``yield from`` forwards ``close()`` to the task generator, so closing this driver
-    raises ``GeneratorExit`` inside the task where it last yielded.
+    raises ``GeneratorExit`` inside the task where it last yielded. ``postprocess(result)``
+    runs here too (worker thread) for work the overlay needs that should not block the GUI
+    (e.g. clustering); its failure is kept in ``box['post_error']``, the result stands.
     """
     try:
         result = yield from gen
     except RuntimeError as exc:
         raise TaskFailed(f"{type(exc).__name__}: {exc}") from exc
     box["result"] = result
+    if postprocess is not None:
+        try:
+            postprocess(result)
+        except Exception as exc:
+            box["post_error"] = exc
     return result
 
 
@@ -140,6 +147,9 @@ class TaskRun:
         Registry method name.
     params
         Keyword parameters of the method.
+    postprocess
+        Called in the worker thread with the ``TaskResult`` once the task finished (no Qt,
+        no layers: e.g. clustering for the overlay).
     on_event, on_result, on_error, on_cancel, on_finish
         Called on the main thread with a :class:`ProgressEvent`, the ``TaskResult``, the
         exception, nothing, and the run itself (always last), respectively.
@@ -151,7 +161,8 @@ class TaskRun:
                  params: dict[str, Any] | None = None, *,
                  on_event: Callback | None = None, on_result: Callback | None = None,
                  on_error: Callback | None = None, on_cancel: Callback | None = None,
-                 on_finish: Callback | None = None, show_errors: bool = True):
+                 on_finish: Callback | None = None, show_errors: bool = True,
+                 postprocess: Callable[[Any], Any] | None = None):
         self.task = task
         self.args = tuple(args)
         self.method = method
@@ -159,6 +170,7 @@ class TaskRun:
         self.on_event, self.on_result, self.on_error = on_event, on_result, on_error
         self.on_cancel, self.on_finish = on_cancel, on_finish
         self.show_errors = show_errors
+        self.postprocess = postprocess
         self.worker = None
         self.pbar = None
         self.result = None
@@ -184,7 +196,7 @@ class TaskRun:
             self._fail(exc)
             self._finish()
             return self
-        self._gen = _drive(task_gen, self._box)
+        self._gen = _drive(task_gen, self._box, self.postprocess)
         self._make_pbar()
         self._pause_activity_gif()
         worker = create_worker(spatialdl_task, self._gen, _start_thread=False, _ignore_errors=True)
@@ -297,6 +309,11 @@ class TaskRun:
             # finished (even if Cancel came after the last event: results are written)
             self.cancelled = False
             self.result = self._box["result"]
+            if "post_error" in self._box and self.show_errors:
+                from napari.utils.notifications import show_warning
+
+                show_warning(f"{self.task.capitalize()} finished, but preparing its display failed: "
+                             f"{self._box['post_error']}")
             if self.on_result is not None:
                 try:
                     self.on_result(self.result)

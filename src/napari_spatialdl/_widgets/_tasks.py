@@ -372,7 +372,8 @@ class TaskWidget(QWidget):
         run = TaskRun(self.task, args, self.method_name, params,
                       on_event=self.controls.loss.add_event,
                       on_result=lambda result: self._on_result(layer, result, context),
-                      on_finish=self._on_finish)
+                      on_finish=self._on_finish,
+                      postprocess=self.results.worker_postprocess())
         self.last_run = run
         self.controls.set_running(True)
         self.spots.setEnabled(False)
