@@ -35,6 +35,17 @@ from ._train import ProgressEvent, TrainingConfig, TrainingHistory, train
 LIKELIHOODS = ("nb", "zinb")
 
 
+def default_config(**changes: Any) -> TrainingConfig:
+    """The training settings of :func:`~napari_spatialdl.tasks.integrate.integrate_spatialdl`.
+
+    The latent space keeps improving its batch mixing after the held-out ELBO flattens,
+    so training runs the epoch budget on all cells (no held-out split, no restoring an
+    earlier epoch) and stops early only when the training loss stalls.
+    """
+    return TrainingConfig(**{"max_epochs": 100, "batch_size": 128, "lr": 1e-2, "validation_fraction": 0.0,
+                             "patience": 20, "restore_best": False, **changes})
+
+
 class BatchEmbedding(nn.Module):
     """One learned vector per batch, stored in blocks that can be extended.
 
@@ -219,7 +230,7 @@ class IntegrationModel(SavableModel):
         return [p for p in self.module.parameters() if p.requires_grad]
 
     def fit_iter(self, X: np.ndarray | sp.spmatrix, batch_codes: np.ndarray,
-                 config: TrainingConfig | None = None, kl_warmup: int = 50,
+                 config: TrainingConfig | None = None, kl_warmup: int = 25,
                  ) -> Generator[ProgressEvent, None, TrainingHistory]:
         """Train on counts ``X`` with integer ``batch_codes``; a generator (see :func:`train`).
 
@@ -227,7 +238,7 @@ class IntegrationModel(SavableModel):
         early stopping before it is done). Only parameters with ``requires_grad`` are
         trained (all of them, unless the model came from :meth:`extend`).
         """
-        config = config or TrainingConfig()
+        config = config or default_config()
         if kl_warmup > 0:
             config = copy.copy(config)
             config.min_epochs = max(config.min_epochs, min(kl_warmup, config.max_epochs))

@@ -22,8 +22,8 @@ import torch
 from anndata import AnnData
 
 from .._constants import LATENT_KEY
-from ..models._train import ProgressEvent, TrainingConfig
-from ..models.integrate import IntegrationModel
+from ..models._train import ProgressEvent
+from ..models.integrate import IntegrationModel, default_config
 from ._base import TaskResult, target, write_run_metadata
 from ._registry import register
 from ._validate import InputError, check_n_latent, check_obs_key, drop_empty_genes, get_counts
@@ -132,10 +132,8 @@ def integrate_spatialdl(adata: AnnData, batch_key: str, layer: str | None = None
                              likelihood=likelihood, dropout=float(dropout), genes=genes)
     model.extra["batch_key"] = str(batch_key)
     codes = model.batch_codes(batches.to_numpy())
-    # the latent space keeps improving its batch mixing after the held-out ELBO flattens,
-    # so train the epoch budget on all cells, stopping only when the loss stalls
-    config = TrainingConfig(max_epochs=epochs, batch_size=int(batch_size), lr=float(lr), seed=int(seed),
-                            device=dev, validation_fraction=0.0, patience=20, restore_best=False)
+    config = default_config(max_epochs=epochs, batch_size=int(batch_size), lr=float(lr), seed=int(seed),
+                            device=dev)
     start = time.perf_counter()
     history = yield from model.fit_iter(X, codes, config, kl_warmup=int(kl_warmup))
     latent = model.latent(X, codes, device=dev)
@@ -258,9 +256,8 @@ def map_query_iter(query: AnnData, reference: TaskResult | IntegrationModel | st
     start = time.perf_counter()
     history = None
     if new_batches:
-        config = TrainingConfig(max_epochs=int(max_epochs), batch_size=int(batch_size), lr=float(lr),
-                                seed=int(seed), device=dev, validation_fraction=0.0, patience=10,
-                                restore_best=False)
+        config = default_config(max_epochs=int(max_epochs), batch_size=int(batch_size), lr=float(lr),
+                                seed=int(seed), device=dev, patience=10)
         history = yield from model.fit_iter(X=Xq, batch_codes=codes, config=config, kl_warmup=0)
     else:
         yield ProgressEvent(1, 1, 0, message="all query batches are known to the reference", stage="map")
