@@ -89,6 +89,14 @@ def _save_borders(layer: Any) -> None:
                                         bool(layer.border_width_is_relative))
 
 
+def _warm_imports(result: Any = None) -> None:
+    """Import what colouring needs, in the worker: the first categorical colours import scanpy
+    (its palettes), which takes seconds and would freeze the GUI on the main thread."""
+    from ..layers import default_palette
+
+    default_palette(1)
+
+
 def _reset_borders(layer: Any) -> None:
     """Put back the rims :func:`_save_borders` remembered (undo the 'unassigned' marks)."""
     saved = layer.metadata.pop(_BORDER_META, None)
@@ -167,9 +175,9 @@ class ResultView(QWidget):
         """Derive what the view needs from a fresh result (main thread, after the run)."""
 
     def worker_postprocess(self) -> Any:
-        """A function of the ``TaskResult`` for the worker thread (heavy, Qt-free preparation of
-        the display, read from the controls now), or None."""
-        return None
+        """A function of the ``TaskResult`` for the worker thread: heavy, Qt-free preparation of
+        the display (settings read from the controls now)."""
+        return _warm_imports
 
     def _fill(self, adata: Any) -> None:
         """Fill the drop-downs from ``adata``."""
@@ -208,6 +216,7 @@ class ImputeView(ResultView):
 
     def worker_postprocess(self) -> Any:
         def suggest(result: Any) -> None:  # in the worker: scan every gene once
+            _warm_imports()
             result.info["display_gene"] = self.default_gene(result.adata)
 
         return suggest
@@ -336,6 +345,7 @@ class IntegrateView(ResultView):
         n_clusters = self.n_clusters.value()
 
         def cluster(result: Any) -> None:  # in the worker: sklearn/scanpy import and fit
+            _warm_imports()
             result.info["display_clusters"] = cluster_latent(result.adata, n_clusters=n_clusters)
 
         return cluster
