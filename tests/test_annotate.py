@@ -353,3 +353,17 @@ def test_real_hippocampus_across_replicates(shared_data):
     assert res.info["ece"] < 0.1
     base = run_to_end(annotate_logreg(query, reference, "cell_type", copy=True))
     assert (base.adata.obs[CELL_TYPE_KEY].astype(str).to_numpy() == truth).mean() > 0.7
+
+
+def test_public_api_dispatch_and_progress(data):
+    import napari_spatialdl as sdl
+
+    query, reference = data
+    events = []
+    res = sdl.annotate(query, reference, "cell_type", method="spatialdl", progress=events.append,
+                       max_epochs=5, copy=True)
+    assert res.method == "spatialdl" and CELL_TYPE_KEY in res.adata.obs
+    assert len(events) == res.history.n_epochs and all(isinstance(e, ProgressEvent) for e in events)
+    base = sdl.annotate(query, reference, "cell_type", method="logreg", copy=True)
+    assert base.method == "logreg" and CONFIDENCE_KEY in base.adata.obs
+    assert CELL_TYPE_KEY not in query.obs

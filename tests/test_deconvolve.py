@@ -433,3 +433,17 @@ def test_real_silver_standard_beats_nnls(shared_data):
     base = run_to_end(deconvolve_nnls(spots, ref, "cell_type", copy=True)).adata.obsm[PROPORTIONS_KEY]
     assert rmse(ours, truth) < rmse(base, truth)
     assert rmse(ours, truth) < 0.09
+
+
+def test_public_api_dispatch_and_progress(data):
+    import napari_spatialdl as sdl
+
+    spatial, reference, truth = data
+    events = []
+    res = sdl.deconvolve(spatial, reference, "cell_type", method="spatialdl", progress=events.append,
+                         max_epochs=20, copy=True)
+    assert res.method == "spatialdl" and PROPORTIONS_KEY in res.adata.obsm
+    assert len(events) >= 20 and events[-1].epoch == res.history.n_epochs
+    base = sdl.deconvolve(spatial, reference, "cell_type", method="nnls", copy=True)
+    assert base.method == "nnls" and ABUNDANCE_KEY in base.adata.obsm
+    assert PROPORTIONS_KEY not in spatial.obsm

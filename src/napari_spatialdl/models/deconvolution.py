@@ -262,7 +262,7 @@ class SpotDeconvolution(SavableModel):
 
     def fit(self, counts: Any, reference_counts: Any, reference_labels: np.ndarray, *,
             edges: np.ndarray | None = None, spatial_smoothing: float = 0.0,
-            max_epochs: int = 150, lr: float = 0.05, batch_size: int | None = None,
+            max_epochs: int = 100, lr: float = 0.05, batch_size: int | None = None,
             device: str = "auto", seed: int = 0,
             patience: int = 20) -> Generator[ProgressEvent, None, TrainingHistory]:
         """Fit the abundances of the spots; a generator (yields progress, returns the history).

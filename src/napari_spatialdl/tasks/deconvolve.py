@@ -128,7 +128,7 @@ def _gene_info(inputs: _Inputs, spatial: AnnData, reference: AnnData) -> dict[st
 def deconvolve_spatialdl(spatial: AnnData, reference: AnnData, labels_key: str, *,
                          layer: str | None = None, reference_layer: str | None = None,
                          spatial_smoothing: float = 0.0, n_neighbors: int = 6,
-                         refine_signatures: bool = True, max_epochs: int = 150, lr: float = 0.05,
+                         refine_signatures: bool = True, max_epochs: int = 100, lr: float = 0.05,
                          device: str = "auto", seed: int = 0, copy: bool = False) -> TaskGen:
     """Cell-type proportions of every spot with the native negative-binomial model.
 
