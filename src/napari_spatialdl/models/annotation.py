@@ -37,9 +37,30 @@ from ._train import ProgressEvent, TrainingConfig, TrainingHistory, train
 _TARGET_SUM = 1e4
 
 
-def _tensor(X: Any) -> torch.Tensor:
-    X = X.toarray() if sp.issparse(X) else np.asarray(X)
-    return torch.as_tensor(np.asarray(X, dtype=np.float32))
+def _matrix(X: Any) -> np.ndarray | sp.csr_matrix:
+    """Counts as float32: CSR stays sparse (rows are densified per batch), the rest dense."""
+    return sp.csr_matrix(X, dtype=np.float32) if sp.issparse(X) else np.asarray(X, dtype=np.float32)
+
+
+def _rows(X: np.ndarray | sp.csr_matrix, start: int, stop: int) -> torch.Tensor:
+    block = X[start:stop]
+    return torch.as_tensor(block.toarray() if sp.issparse(block) else block)
+
+
+def _log_normalised_moments(X: np.ndarray | sp.csr_matrix, target_sum: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene mean and standard deviation of ``log1p(target_sum * x / library)`` (sparse-friendly)."""
+    lib = np.maximum(np.asarray(X.sum(axis=1), dtype=np.float64).ravel(), 1.0)
+    if sp.issparse(X):
+        L = sp.csr_matrix(X, dtype=np.float64)
+        L.data = np.log1p(L.data * np.repeat(target_sum / lib, np.diff(L.indptr)))
+        mean = np.asarray(L.mean(axis=0)).ravel()
+        sq = np.asarray(L.multiply(L).mean(axis=0)).ravel()
+    else:
+        L = np.log1p(np.asarray(X, dtype=np.float64) * (target_sum / lib)[:, None])
+        mean, sq = L.mean(axis=0), (L**2).mean(axis=0)
+    n = X.shape[0]
+    var = np.maximum(sq - mean**2, 0.0) * (n / max(n - 1, 1))
+    return mean, np.sqrt(var)
 
 
 def log_normalise(counts: torch.Tensor, target_sum: float | torch.Tensor = _TARGET_SUM) -> torch.Tensor:
@@ -266,7 +287,7 @@ class CellTypeClassifier(SavableModel):
         if unknown:
             raise ValueError(f"Labels {unknown[:5]} are not among classes.")
         y = np.array([index[c] for c in labels], dtype=np.int64)
-        X = _tensor(counts)
+        X = _matrix(counts)
         if X.shape[1] != len(self.genes):
             raise ValueError(f"counts has {X.shape[1]} genes, expected {len(self.genes)}.")
         m = self.module
@@ -275,10 +296,11 @@ class CellTypeClassifier(SavableModel):
         with torch.no_grad():
             # normalise to the median depth of the reference (scanpy's default): at a few hundred
             # UMIs per cell, scaling to 10^4 would turn a single count into a large jump
-            m.target_sum.fill_(max(float(X.sum(dim=1).median()), 1.0))
-            L = log_normalise(X, m.target_sum)
-            m.gene_mean.copy_(L.mean(dim=0))
-            m.gene_sd.copy_(L.std(dim=0).clamp(min=1e-2) if len(L) > 1 else torch.ones(L.shape[1]))
+            target_sum = max(float(np.median(np.asarray(X.sum(axis=1)).ravel())), 1.0)
+            m.target_sum.fill_(target_sum)
+            mean, sd = _log_normalised_moments(X, float(m.target_sum))
+            m.gene_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+            m.gene_sd.copy_(torch.as_tensor(np.maximum(sd, 1e-2), dtype=torch.float32))
             freq = np.bincount(y, minlength=len(classes)).astype(np.float64)
             weight = np.where(freq > 0, len(y) / (len(classes) * np.maximum(freq, 1)), 0.0)
             m.class_weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
@@ -298,7 +320,10 @@ class CellTypeClassifier(SavableModel):
             m.eval()
             with torch.no_grad():
                 dev = m.gene_mean.device
-                oof = m.oof_logits(X.to(dev), m.fold.to(dev)).cpu().numpy().astype(np.float64)
+                oof = torch.cat([
+                    m.oof_logits(_rows(X, i, i + 4096).to(dev), m.fold[i:i + 4096].to(dev)).cpu()
+                    for i in range(0, X.shape[0], 4096)
+                ]).numpy().astype(np.float64)
         finally:
             m.fold, m.labels = torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
         temperature = fit_temperature(oof, y)
@@ -317,7 +342,7 @@ class CellTypeClassifier(SavableModel):
 
     def predict_proba(self, counts: Any, batch_size: int = 4096) -> np.ndarray:
         """Calibrated class probabilities, ``(n, n_classes)``, for raw counts (columns = :attr:`genes`)."""
-        X = _tensor(counts)
+        X = _matrix(counts)
         if X.shape[1] != len(self.genes):
             raise ValueError(f"counts has {X.shape[1]} genes, expected {len(self.genes)}.")
         m = self.module
@@ -326,7 +351,7 @@ class CellTypeClassifier(SavableModel):
         out = []
         with torch.no_grad():
             for start in range(0, X.shape[0], batch_size):
-                out.append(torch.softmax(m(X[start:start + batch_size].to(device)), dim=1).cpu())
+                out.append(torch.softmax(m(_rows(X, start, start + batch_size).to(device)), dim=1).cpu())
         if not out:
             return np.zeros((0, len(self.classes)))
         return torch.cat(out).numpy().astype(np.float64)

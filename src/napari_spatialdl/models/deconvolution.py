@@ -100,7 +100,6 @@ class DeconvolutionModule(torch.nn.Module):
         self.register_buffer("ref_cells", torch.zeros(0, 1), persistent=False)
         self.register_buffer("ref_phi", torch.zeros(0, n_genes), persistent=False)
 
-
     def signatures(self) -> torch.Tensor:
         """Mean count per cell of each type and gene, ``(n_types, n_genes)``."""
         return torch.exp(self.log_signatures)
@@ -138,7 +137,7 @@ class DeconvolutionModule(torch.nn.Module):
             # its curvature is the NB's, n_t / var[t, g], at the cost of one (types x genes) term
             quasi = (self.ref_sum * self.log_signatures - self.ref_cells * self.signatures()) / self.ref_phi
             loss = loss - quasi.sum() * scale
-        if self.edges.numel() and float(self.smoothing) > 0:
+        if self.edges.numel():  # set only when the smoothing weight is positive
             p = self.proportions()
             diff = (p[self.edges[:, 0]] - p[self.edges[:, 1]]).pow(2).sum(dim=1).mean()
             loss = loss + self.smoothing * diff
