@@ -447,3 +447,16 @@ def test_public_api_dispatch_and_progress(data):
     base = sdl.deconvolve(spatial, reference, "cell_type", method="nnls", copy=True)
     assert base.method == "nnls" and ABUNDANCE_KEY in base.adata.obsm
     assert PROPORTIONS_KEY not in spatial.obsm
+
+
+def test_top_gene_selection_keeps_markers(data):
+    spatial, reference, truth = data
+    res = run_to_end(deconvolve_spatialdl(spatial, reference, "cell_type", n_top_genes=24, copy=True))
+    assert res.info["n_genes"] == 24 and res.info["n_genes_shared"] == N_GENES
+    assert "80 genes are shared" in res.info["genes_message"] and "24 of them" in res.info["genes_message"]
+    markers = {f"g{i}" for i in range(len(TYPES) * 8)}  # make_data's marker genes
+    assert len(markers.intersection(res.model.genes)) >= 20
+    assert rmse(res.adata.obsm[PROPORTIONS_KEY], truth) < 0.08
+    # minibatches of spots reach the same answer
+    mini = run_to_end(deconvolve_spatialdl(spatial, reference, "cell_type", batch_size=48, copy=True))
+    assert rmse(mini.adata.obsm[PROPORTIONS_KEY], truth) < 0.08

@@ -37,6 +37,7 @@ class _Inputs:
     genes: pd.Index
     n_ref_dropped: int
     n_spots_empty: int
+    n_shared: int = 0  # genes in both datasets (before any selection)
 
 
 def _subset(X: Any, columns: np.ndarray, rows: np.ndarray | None = None) -> Any:
@@ -87,7 +88,29 @@ def prepare_deconvolution(spatial: AnnData, reference: AnnData, labels_key: str,
             "check that both datasets use the same gene identifiers."
         )
     cell_types = sorted(np.unique(ref_labels).tolist())
-    return _Inputs(spot_counts, ref_counts, ref_labels, cell_types, genes, n_dropped, n_empty)
+    return _Inputs(spot_counts, ref_counts, ref_labels, cell_types, genes, n_dropped, n_empty, len(genes))
+
+
+def select_marker_genes(inputs: _Inputs, n_top_genes: int | None) -> _Inputs:
+    """Keep the ``n_top_genes`` shared genes that best tell the cell types apart.
+
+    Score: variance across types of ``log1p`` of each type's mean normalised expression
+    (counts per 10^4 UMIs). All genes are kept when there are no more than ``n_top_genes``.
+    """
+    n = len(inputs.genes)
+    if n_top_genes is None or n <= n_top_genes:
+        return inputs
+    R = inputs.ref_counts
+    lib = np.maximum(_row_sums(R), 1.0)
+    normed = (sp.diags(1e4 / lib) @ R) if sp.issparse(R) else np.asarray(R) * (1e4 / lib)[:, None]
+    means = np.vstack([np.asarray(normed[inputs.ref_labels == t].mean(axis=0)).ravel()
+                       for t in inputs.cell_types])
+    score = np.log1p(means).var(axis=0)
+    keep = np.sort(np.argsort(-score, kind="stable")[:n_top_genes])
+    spot_counts = inputs.spot_counts[:, keep]
+    n_empty = int((_row_sums(spot_counts) == 0).sum())
+    return _Inputs(spot_counts, inputs.ref_counts[:, keep], inputs.ref_labels, inputs.cell_types,
+                   inputs.genes[keep], inputs.n_ref_dropped, n_empty, inputs.n_shared)
 
 
 def _finish(spatial: AnnData, copy: bool, method: str, proportions: np.ndarray, abundance: np.ndarray,
@@ -106,13 +129,16 @@ def _finish(spatial: AnnData, copy: bool, method: str, proportions: np.ndarray, 
 
 
 def _gene_info(inputs: _Inputs, spatial: AnnData, reference: AnnData) -> dict[str, Any]:
-    n = len(inputs.genes)
+    n, shared = len(inputs.genes), inputs.n_shared
+    used = (f"the deconvolution used these {n}." if n == shared else
+            f"the deconvolution used the {n} of them that best separate the cell types.")
     info: dict[str, Any] = {
         "n_genes": n,
+        "n_genes_shared": shared,
         "n_genes_spatial": int(spatial.n_vars),
         "n_genes_reference": int(reference.n_vars),
-        "genes_message": (f"{n} genes are shared by the spatial data ({spatial.n_vars} genes) and the "
-                          f"reference ({reference.n_vars} genes); the deconvolution used these {n}."),
+        "genes_message": (f"{shared} genes are shared by the spatial data ({spatial.n_vars} genes) and the "
+                          f"reference ({reference.n_vars} genes); {used}"),
         "cell_types": list(inputs.cell_types),
         "n_reference_cells": int(len(inputs.ref_labels)),
     }
@@ -128,14 +154,15 @@ def _gene_info(inputs: _Inputs, spatial: AnnData, reference: AnnData) -> dict[st
 def deconvolve_spatialdl(spatial: AnnData, reference: AnnData, labels_key: str, *,
                          layer: str | None = None, reference_layer: str | None = None,
                          spatial_smoothing: float = 0.0, n_neighbors: int = 6,
-                         refine_signatures: bool = True, max_epochs: int = 100, lr: float = 0.05,
+                         refine_signatures: bool = True, n_top_genes: int | None = 3000,
+                         max_epochs: int = 100, lr: float = 0.05, batch_size: int | None = None,
                          device: str = "auto", seed: int = 0, copy: bool = False) -> TaskGen:
     """Cell-type proportions of every spot with the native negative-binomial model.
 
     Signatures (mean counts per cell of each type) come from the reference; every spot's
     counts are modelled as NB around a non-negative mix of them, with a per-gene platform
     effect between the technologies and a per-gene dispersion; optionally the proportions
-    of neighbouring spots are pulled together. Only the genes present in both datasets are used.
+    of neighbouring spots are pulled together. Only genes present in both datasets are used.
 
     Parameters
     ----------
@@ -157,10 +184,15 @@ def deconvolve_spatialdl(spatial: AnnData, reference: AnnData, labels_key: str, 
     refine_signatures
         Fit the signatures jointly to the reference cells and the spots (anchored by the
         reference); False keeps them at the reference means.
+    n_top_genes
+        When more genes are shared, use only this many: those whose expression differs most
+        between the cell types (keeps large datasets fast). None: all shared genes.
     max_epochs
-        Most gradient steps (full batch: one step per epoch); stops earlier once converged.
+        Most passes over the spots; stops earlier once converged.
     lr
         Adam learning rate.
+    batch_size
+        Spots per gradient step (None: all spots up to 4096, else minibatches of 1024).
     device
         ``'auto'``, ``'cpu'``, ``'cuda'`` or ``'mps'``.
     seed
@@ -183,7 +215,14 @@ def deconvolve_spatialdl(spatial: AnnData, reference: AnnData, labels_key: str, 
         raise InputError(f"max_epochs must be at least 1, got {max_epochs}.")
     if not lr > 0:
         raise InputError(f"lr must be positive, got {lr}.")
+    if n_top_genes is not None and int(n_top_genes) < 10:
+        raise InputError(f"n_top_genes must be at least 10 (or None for all shared genes), got {n_top_genes}.")
+    if batch_size is not None and int(batch_size) < 1:
+        raise InputError(f"batch_size must be at least 1 (or None), got {batch_size}.")
     inputs = prepare_deconvolution(spatial, reference, labels_key, layer, reference_layer)
+    inputs = select_marker_genes(inputs, None if n_top_genes is None else int(n_top_genes))
+    if batch_size is None and spatial.n_obs > 4096:
+        batch_size = 1024
     edges = None
     if spatial_smoothing > 0:
         edges = spot_neighbour_edges(check_spatial(spatial), int(n_neighbors))
@@ -193,12 +232,14 @@ def deconvolve_spatialdl(spatial: AnnData, reference: AnnData, labels_key: str, 
                               refine_signatures=refine_signatures)
     history = yield from model.fit(inputs.spot_counts, inputs.ref_counts, inputs.ref_labels,
                                    edges=edges, spatial_smoothing=float(spatial_smoothing),
-                                   max_epochs=int(max_epochs), lr=float(lr), device=device, seed=seed)
+                                   max_epochs=int(max_epochs), lr=float(lr),
+                                   batch_size=None if batch_size is None else int(batch_size),
+                                   device=device, seed=seed)
     seconds = time.perf_counter() - start
     params = dict(labels_key=labels_key, layer=layer, reference_layer=reference_layer,
                   spatial_smoothing=float(spatial_smoothing), n_neighbors=int(n_neighbors),
-                  refine_signatures=bool(refine_signatures), max_epochs=int(max_epochs), lr=float(lr),
-                  device=device, seed=seed)
+                  refine_signatures=bool(refine_signatures), n_top_genes=n_top_genes,
+                  max_epochs=int(max_epochs), lr=float(lr), batch_size=batch_size, device=device, seed=seed)
     info = _gene_info(inputs, spatial, reference)
     info["device"] = history.device
     return _finish(spatial, copy, "spatialdl", model.proportions(), model.abundance(), inputs, params,
