@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
 from ._regions import RegionsWidget
@@ -48,6 +48,25 @@ class SpatialDLDock(QWidget):
         # regions written to obs become choosable labels in the Annotate panel
         self.regions.assigned.connect(self._regions_assigned)
         self.setMinimumWidth(360)
+        self._fits_left = 3
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt)
+        """When first squeezed under a docked spots legend, shrink the legend to its content."""
+        super().resizeEvent(event)
+        if self._fits_left > 0 and self.height() < 300:
+            self._fits_left -= 1
+            QTimer.singleShot(0, self._fit_legend)
+
+    def _fit_legend(self) -> None:
+        from ._legend import _LIVE_LEGENDS
+        from ._overlay import _fit_dock_height
+
+        for legend in list(_LIVE_LEGENDS):
+            try:
+                if legend.viewer is self.viewer and legend.isVisible():
+                    _fit_dock_height(self.viewer, legend)
+            except RuntimeError:  # a deleted legend
+                continue
 
     def _regions_assigned(self, key: str) -> None:
         for widget in self.task_widgets().values():

@@ -69,12 +69,20 @@ def _fit_dock_height(viewer: Any, widget: QWidget, cap: int = 260) -> None:
     while dock is not None and not isinstance(dock, QDockWidget):
         dock = dock.parentWidget()
     window = getattr(viewer.window, "_qt_window", None)
-    if dock is None or window is None:
+    if dock is None or window is None or dock.isFloating():
         return
     height = min(cap, max(80, widget.sizeHint().height() + 30))
-    try:
-        window.resizeDocks([dock], [height], Qt.Orientation.Vertical)
-    except (RuntimeError, TypeError):  # a floating or closed dock: nothing to fit
+    if dock.height() <= height + 10:
+        return
+    area = window.dockWidgetArea(dock)
+    others = [d for d in window.findChildren(QDockWidget)
+              if d is not dock and d.isVisible() and not d.isFloating()
+              and window.dockWidgetArea(d) == area]
+    spare = (dock.height() - height) / max(1, len(others))
+    try:  # give the legend's spare height to the docks beside it (e.g. the task panels)
+        window.resizeDocks([dock, *others], [height, *[int(d.height() + spare) for d in others]],
+                           Qt.Orientation.Vertical)
+    except (RuntimeError, TypeError):  # a closed dock: nothing to fit
         pass
 
 
@@ -248,11 +256,27 @@ class ImputeView(ResultView):
 
     @staticmethod
     def default_gene(adata: Any) -> str:
-        """The gene whose imputed expression varies most across spots (log scale)."""
+        """The gene whose imputed expression is most spatially structured (what a tissue view shows
+        best): the highest Moran's I of log1p(imputed) over each spot's 6 nearest neighbours,
+        among genes expressed above the median; the most variable gene without coordinates."""
         imputed = adata.layers[IMPUTED_LAYER]
         dense = imputed.toarray() if sp.issparse(imputed) else np.asarray(imputed)
-        logged = np.log1p(np.clip(dense, 0, None))
-        return str(adata.var_names[int(np.argmax(logged.var(axis=0)))])
+        logged = np.log1p(np.clip(np.asarray(dense, dtype=float), 0, None))
+        expressed = logged.mean(axis=0) >= np.median(logged.mean(axis=0))
+        score = logged.var(axis=0)
+        xy = adata.obsm.get("spatial") if hasattr(adata, "obsm") else None
+        if xy is not None and adata.n_obs > 7:
+            from scipy.spatial import cKDTree
+
+            xy = np.asarray(xy, dtype=float)[:, :2]
+            _, nn = cKDTree(xy).query(xy, k=7)
+            z = logged - logged.mean(axis=0)
+            sd = z.std(axis=0)
+            z = z / np.where(sd > 0, sd, 1.0)
+            lagged = z[nn[:, 1:]].mean(axis=1)  # mean of the neighbours
+            score = np.where(sd > 0, (z * lagged).mean(axis=0), -np.inf)  # Moran's I (row-standardised)
+        score = np.where(expressed, score, -np.inf)
+        return str(adata.var_names[int(np.argmax(score))])
 
     def limits(self, adata: Any, gene: str) -> tuple[float, float]:
         """Shared contrast limits of raw and imputed values of ``gene``: 0 to the larger 99th percentile."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 import math
 import re
+import sys
 import time
 import typing
 from collections.abc import Callable, Sequence
@@ -118,9 +119,45 @@ def _drive(gen, box: dict, postprocess: Callable[[Any], Any] | None = None):
     return result
 
 
+#: nice increment of the worker thread (Linux): the GUI thread wins the CPU when both want it
+WORKER_NICE = 5
+
+
+def _set_thread_nice(increment: int) -> int | None:
+    """Set this OS thread's nice value to the process's plus ``increment`` (Linux threads have
+    their own); returns the previous value, or None when unchanged. Absolute, not cumulative:
+    QThreadPool reuses its threads."""
+    import os
+    import threading
+
+    if not sys.platform.startswith("linux") or not hasattr(os, "setpriority"):
+        return None
+    try:
+        tid = threading.get_native_id()
+        before = os.getpriority(os.PRIO_PROCESS, tid)
+        wanted = os.getpriority(os.PRIO_PROCESS, os.getpid()) + max(0, increment)
+        if wanted != before:
+            os.setpriority(os.PRIO_PROCESS, tid, wanted)
+            return before
+    except (OSError, AttributeError):  # not permitted / unsupported: normal priority
+        pass
+    return None
+
+
 def spatialdl_task(driver):
     """The worker's generator function: runs the driver (named for napari's status bar)."""
-    return (yield from driver)
+    before = _set_thread_nice(WORKER_NICE)
+    try:
+        return (yield from driver)
+    finally:
+        if before is not None:  # give the pooled thread back as it was (if permitted)
+            try:
+                import os
+                import threading
+
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), before)
+            except OSError:
+                pass
 
 
 def error_message(task: str, exc: BaseException) -> str:
