@@ -374,7 +374,7 @@ def fig_quickstart() -> list[Path]:
     widget = dock(viewer, "Deconvolve", shot="menu_plugins")
     paths.append(IMAGES / "menu_plugins.png")
     fit(viewer)
-    paths.append(window_shot(viewer, "deconvolve_ready"))
+    paths.append(widget_shot(widget, "deconvolve_ready"))  # the panel alone, readable
     press_run(widget)
     widget.results.view.setCurrentText("proportion of")
     widget.results.cell_type.setCurrentText("Hippocampal pyramidal")
