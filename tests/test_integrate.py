@@ -169,7 +169,7 @@ def test_closing_the_generator_leaves_adata_unchanged():
 
 def test_default_epochs():
     assert default_epochs(500) == 100 and default_epochs(2000) == 100
-    assert default_epochs(8000) == 50 and default_epochs(10**6) == 20
+    assert default_epochs(4000) == 50 and default_epochs(10**6) == 20
 
 
 # ----------------------------------------------------------------------------- query mapping

@@ -230,15 +230,18 @@ def test_early_stopping_stops_and_restores_the_best_weights():
     assert abs(module.w.item() - 1.0) < 0.06
 
 
-def test_min_epochs_and_keeping_the_last_weights():
+@pytest.mark.parametrize("restore", [True, False])
+def test_min_epochs_is_a_warm_up_and_keeping_the_last_weights(restore):
     module = _Scalar()
     seen = []
     history = run_to_end(train(module, {"x": np.zeros((20, 1), np.float32)}, _train_vs_val,
                                TrainingConfig(max_epochs=500, batch_size=None, lr=0.05, patience=5,
-                                              min_epochs=80, restore_best=False, device="cpu")),
+                                              min_epochs=80, restore_best=restore, device="cpu")),
                          lambda e: seen.append(module.w.item()))
-    assert history.n_epochs == 80
-    assert module.w.item() == seen[-1]
+    # the held-out loss got worse from epoch ~20, but the warm-up epochs do not count:
+    # epoch 80 is the first candidate (so the best), then 5 epochs without improvement
+    assert history.best_epoch == 80 and history.n_epochs == 85 and history.stopped_early
+    assert module.w.item() == (seen[79] if restore else seen[-1])
 
 
 def test_closing_the_generator_stops_training():

@@ -76,8 +76,9 @@ class TrainingConfig:
 
     ``batch_size=None`` trains full-batch. ``validation_fraction=0`` disables
     early stopping on held-out rows (then ``patience`` watches the train loss).
-    ``patience=0`` disables early stopping; ``min_epochs`` is trained in any case
-    (useful while a loss term is being warmed up).
+    ``patience=0`` disables early stopping. The first ``min_epochs`` epochs are a
+    warm-up: always trained, and neither early stopping nor the choice of the best
+    epoch looks at them (for losses that change while a term is warmed up).
     """
 
     max_epochs: int = 200
@@ -367,7 +368,9 @@ def _epochs(module, store, loss_fn, config, optimizer, params, train_idx, val_id
                 val_loss = vtotal / len(val_idx)
             history.val_loss.append(val_loss)
         watched = val_loss if val_loss is not None else train_loss
-        if watched < best_loss - config.min_delta * max(1.0, abs(best_loss) if np.isfinite(best_loss) else 1.0):
+        if epoch < config.min_epochs:
+            pass  # warm-up: not a candidate for the best epoch
+        elif watched < best_loss - config.min_delta * max(1.0, abs(best_loss) if np.isfinite(best_loss) else 1.0):
             best_loss, bad_epochs = watched, 0
             history.best_epoch = epoch
             if config.restore_best:
@@ -377,7 +380,7 @@ def _epochs(module, store, loss_fn, config, optimizer, params, train_idx, val_id
         history.n_epochs = epoch
         yield ProgressEvent(epoch, config.max_epochs, step, train_loss, val_loss,
                             time.perf_counter() - start)
-        if config.patience and bad_epochs >= config.patience and epoch >= config.min_epochs:
+        if config.patience and bad_epochs >= config.patience:
             history.stopped_early = True
             break
     if best_state is not None:

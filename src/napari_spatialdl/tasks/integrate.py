@@ -42,8 +42,9 @@ def _write(adata: AnnData, copy: bool, method: str, latent: np.ndarray, params: 
 
 
 def default_epochs(n_obs: int) -> int:
-    """Epoch budget: 100 up to 2,000 observations, then ``100 * sqrt(2000 / n)``, at least 20."""
-    return int(np.clip(round(100 * min(1.0, 2000 / max(n_obs, 1)) ** 0.5), 20, 100))
+    """Epoch budget: 100 up to 2,000 observations, then ``100 * 2000 / n`` (the same number
+    of training steps), at least 20."""
+    return int(np.clip(round(100 * min(1.0, 2000 / max(n_obs, 1))), 20, 100))
 
 
 @register("integrate", "spatialdl", native=True,
@@ -53,7 +54,7 @@ def integrate_spatialdl(adata: AnnData, batch_key: str, layer: str | None = None
                         n_latent: int = 10, n_hidden: int = 128,
                         likelihood: Literal["nb", "zinb"] = "nb", dropout: float = 0.1,
                         max_epochs: int | None = None, batch_size: int = 128, lr: float = 1e-2,
-                        kl_warmup: int = 25, device: str = "auto", seed: int = 0,
+                        kl_warmup: int | None = None, device: str = "auto", seed: int = 0,
                         copy: bool = False) -> TaskGen:
     """Batch-corrected latent space with the native conditional VAE.
 
@@ -81,13 +82,14 @@ def integrate_spatialdl(adata: AnnData, batch_key: str, layer: str | None = None
         Dropout rate of the hidden layers while training.
     max_epochs
         Passes over the data (None: 100 for up to 2,000 observations, fewer for more:
-        ``100 * sqrt(2000 / n_obs)``, at least 20).
+        ``100 * 2000 / n_obs``, at least 20).
     batch_size
         Observations per training step.
     lr
         Learning rate (Adam).
     kl_warmup
-        Epochs over which the KL term's weight grows from 0 to 1.
+        Epochs over which the KL term's weight grows from 0 to 1 (None: a quarter of the
+        epochs). Training stops early only after the warm-up, when the loss stalls for 20 epochs.
     device
         ``"auto"`` (GPU when there is one), ``"cpu"``, ``"cuda"`` or ``"mps"``.
     seed
@@ -110,7 +112,7 @@ def integrate_spatialdl(adata: AnnData, batch_key: str, layer: str | None = None
         check_positive(max_epochs=max_epochs)
     if not 0 <= dropout < 1:
         raise InputError(f"dropout must be in [0, 1), got {dropout}.")
-    if kl_warmup < 0:
+    if kl_warmup is not None and kl_warmup < 0:
         raise InputError(f"kl_warmup must be >= 0, got {kl_warmup}.")
     dev = check_device(device)
     batches = check_obs_key(adata, batch_key, "batch_key", min_values=2)
@@ -120,11 +122,12 @@ def integrate_spatialdl(adata: AnnData, batch_key: str, layer: str | None = None
     n_dropped = int((~keep).sum())
     batch_names = sorted(pd.unique(batches.to_numpy()))
     epochs = int(max_epochs) if max_epochs is not None else default_epochs(adata.n_obs)
+    warmup = int(kl_warmup) if kl_warmup is not None else max(1, round(epochs / 4))
     info: dict[str, Any] = {
         "n_genes_used": int(keep.sum()), "n_genes_dropped": n_dropped,
         "genes_message": (f"{int(keep.sum())} of {adata.n_vars} genes used; {n_dropped} genes without "
                           "any count were left out." if n_dropped else f"All {adata.n_vars} genes used."),
-        "batches": batch_names, "n_batches": len(batch_names), "max_epochs": epochs,
+        "batches": batch_names, "n_batches": len(batch_names), "max_epochs": epochs, "kl_warmup": warmup,
     }
 
     torch.manual_seed(seed)
@@ -135,7 +138,7 @@ def integrate_spatialdl(adata: AnnData, batch_key: str, layer: str | None = None
     config = default_config(max_epochs=epochs, batch_size=int(batch_size), lr=float(lr), seed=int(seed),
                             device=dev)
     start = time.perf_counter()
-    history = yield from model.fit_iter(X, codes, config, kl_warmup=int(kl_warmup))
+    history = yield from model.fit_iter(X, codes, config, kl_warmup=warmup)
     latent = model.latent(X, codes, device=dev)
     info["device"] = str(dev)
     return _write(adata, copy, "spatialdl", latent, params, history, time.perf_counter() - start,
