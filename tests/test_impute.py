@@ -148,7 +148,7 @@ def test_masking_is_only_used_while_training():
 
 # ----------------------------------------------------------------------------- task
 
-def test_impute_writes_layer_and_metadata():
+def test_impute_writes_layer_and_metadata(tmp_path):
     adata = make_adata()
     events = []
     result = impute(adata, progress=events.append, **FAST)
@@ -167,6 +167,12 @@ def test_impute_writes_layer_and_metadata():
     assert events[-1].epoch == result.history.n_epochs
     assert result.history.train_loss[-1] < result.history.train_loss[0]
     assert adata.uns["note"] == {"kept": 1}
+    adata.write_h5ad(tmp_path / "out.h5ad")  # everything written can be saved
+    import anndata
+
+    back = anndata.read_h5ad(tmp_path / "out.h5ad")
+    np.testing.assert_array_equal(back.layers[IMPUTED_LAYER], out)
+    assert back.uns[UNS_KEY]["impute"]["method"] == "spatialdl"
 
 
 def test_impute_is_seeded():

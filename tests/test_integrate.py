@@ -116,7 +116,7 @@ def test_integration_mixes_batches_and_keeps_cell_types(integrated):
     assert result.history.train_loss[-1] < 0.7 * result.history.train_loss[0]
 
 
-def test_integration_result_and_metadata(integrated):
+def test_integration_result_and_metadata(integrated, tmp_path):
     adata, result = integrated
     assert result.keys == {"obsm": LATENT_KEY} and result.adata is adata
     meta = adata.uns[UNS_KEY]["integrate"]
@@ -126,6 +126,13 @@ def test_integration_result_and_metadata(integrated):
     assert result.model.batches == ["b0", "b1", "b2"]
     assert result.model.genes == list(adata.var_names)
     assert adata.uns["note"] == {"kept": 1}
+    # everything written can be saved to .h5ad
+    adata.write_h5ad(tmp_path / "out.h5ad")
+    import anndata
+
+    back = anndata.read_h5ad(tmp_path / "out.h5ad")
+    np.testing.assert_array_equal(back.obsm[LATENT_KEY], adata.obsm[LATENT_KEY])
+    assert back.uns[UNS_KEY]["integrate"]["params"]["batch_key"] == "batch"
 
 
 def test_integration_is_seeded():
