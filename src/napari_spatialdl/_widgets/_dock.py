@@ -47,7 +47,9 @@ class SpatialDLDock(QWidget):
         layout.addWidget(self.tabs)
         # regions written to obs become choosable labels in the Annotate panel
         self.regions.assigned.connect(self._regions_assigned)
-        self.setMinimumWidth(360)
+        # wide enough for every panel (its scroll area shows no horizontal bar)
+        panels = (*self.task_widgets().values(), self.regions)
+        self.setMinimumWidth(max(p.minimumSizeHint().width() for p in panels) + 30)
         self._fits_left = 3
 
     def resizeEvent(self, event) -> None:  # noqa: N802 (Qt)
