@@ -33,8 +33,9 @@ def demote_headings(text: str) -> str:
     return "\n".join(out)
 
 
-def results_markdown(results: Path = RESULTS) -> str:
-    """All result files as one markdown text (a note when there are none)."""
+def results_markdown(results: Path | None = None) -> str:
+    """All result files (default: benchmarks/results/) as one markdown text, or a note when none."""
+    results = RESULTS if results is None else results
     files = sorted(results.glob("*.md"), key=_order) if results.is_dir() else []
     if not files:
         return ("*No benchmark results yet: run `python benchmarks/accuracy.py` and "

@@ -453,7 +453,7 @@ def fig_impute() -> list[Path]:
     press_run(widget)
     fit(viewer)
     view = widget.results
-    view.gene.setCurrentText("Bcl11b")
+    view.gene.setCurrentIndex(view.gene.findText("Bcl11b"))  # picked from the drop-down
     view.which.setCurrentText("imputed")
     paths = [window_shot(viewer, "impute_result")]
     image_opacity(viewer, PANEL_IMAGE_OPACITY)
@@ -582,6 +582,7 @@ def fig_home() -> list[Path]:
     fit(viewer)
     press_run(widget)
     widget.results.view.setCurrentText("dominant cell type")
+    image_opacity(viewer, 0.5)  # the tip of the quick start: colours stand out on a dimmed image
     fit(viewer)
     paths = [window_shot(viewer, "home")]
     close(viewer)

@@ -424,3 +424,23 @@ def test_tutorial_parameter_tables_match_the_defaults(page):
                 f"{signature[name].default!r}")
             checked += 1
     assert checked >= 5
+
+
+# ------------------------------------------------------------------ benchmarks page hook
+def test_benchmark_hook_includes_every_result_file(tmp_path, monkeypatch):
+    sys.path.insert(0, str(DOCS))
+    try:
+        import hooks
+    finally:
+        sys.path.remove(str(DOCS))
+    assert "No benchmark results yet" in hooks.results_markdown(tmp_path)
+    (tmp_path / "speed_2026.md").write_text("# Speed (2026-01-02)\n\n| a |\n|---|\n| 1 |\n")
+    (tmp_path / "accuracy_x.md").write_text("# Accuracy (2026-01-01)\n\n```bash\n# a comment\n```\n## Table\n")
+    text = hooks.results_markdown(tmp_path)
+    assert text.index("## Accuracy (2026-01-01)") < text.index("## Speed (2026-01-02)")
+    assert "### Table" in text and "\n# a comment\n" in text  # code comments are not headings
+    page = "# Benchmarks\n\n" + hooks.MARKER
+    monkeypatch.setattr(hooks, "RESULTS", tmp_path)
+    out = hooks.on_page_markdown(page, None, None, None)
+    assert hooks.MARKER not in out and out.startswith("# Benchmarks") and "| 1 |" in out
+    assert hooks.MARKER in (DOCS / "benchmarks.md").read_text()
