@@ -58,7 +58,8 @@ def write_run_metadata(adata: AnnData, task: str, method: str, params: dict[str,
                        history: TrainingHistory | None = None, seconds: float | None = None,
                        **extra: Any) -> None:
     """Store ``adata.uns['spatialdl'][task]``: method, parameters, versions, loss history, device."""
-    import anndata
+    import importlib.metadata
+
     import torch
 
     from .. import __version__
@@ -67,7 +68,7 @@ def write_run_metadata(adata: AnnData, task: str, method: str, params: dict[str,
         "method": method,
         "params": {k: _h5_safe(v) for k, v in params.items() if v is not None},
         "versions": {"napari_spatialdl": __version__, "torch": str(torch.__version__),
-                     "anndata": str(anndata.__version__)},
+                     "anndata": importlib.metadata.version("anndata")},
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     if history is not None:
