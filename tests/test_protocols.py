@@ -173,3 +173,50 @@ def test_log_pca_shape():
     X = tiny_reference().X
     Z = P.log_pca(X, n_comps=10)
     assert Z.shape == (X.shape[0], 10) and np.isfinite(Z).all()
+
+
+# ------------------------------------------------ the benchmark's own baselines
+
+def test_local_nnls_recovers_noiseless_mixtures():
+    import accuracy as A
+
+    ref = tiny_reference(per_type=10)
+    R = ref.X.astype(float)
+    lab = ref.obs["cell_type"].astype(str).to_numpy()
+    types = sorted(set(lab))
+    means = np.stack([R[lab == t].mean(axis=0) for t in types])
+    rng = np.random.default_rng(1)
+    n_cells = rng.integers(2, 8, size=(15, len(types))).astype(float)
+    spots = AnnData(X=(n_cells @ means).astype(np.float32),
+                    var=pd.DataFrame(index=ref.var_names.copy()))
+    out = A.local_nnls(spots, ref, "cell_type")
+    truth = pd.DataFrame(n_cells / n_cells.sum(1, keepdims=True), index=spots.obs_names, columns=types)
+    assert P.score_proportions(out.obsm["spatialdl_proportions"], truth)["rmse"] < 1e-4
+
+
+def test_local_knn_keeps_library_sizes_and_beats_no_imputation():
+    import accuracy as A
+
+    ref = tiny_reference(per_type=20)
+    masked, mask = P.mask_counts(ref.X)
+    spots = AnnData(X=masked, var=pd.DataFrame(index=ref.var_names.copy()))
+    out = A.local_knn(spots, k=5)
+    Y = out.layers["spatialdl_imputed"]
+    np.testing.assert_allclose(Y.sum(axis=1), masked.sum(axis=1), rtol=1e-4)
+    knn = P.score_imputation(ref.X, Y, mask)
+    none = P.score_imputation(ref.X, A.local_none(spots).layers["spatialdl_imputed"], mask)
+    assert knn["pearson"] > 0.5 and knn["median_ae"] < none["median_ae"]
+
+
+def test_markdown_table_marks_local_baselines_and_missing_values():
+    import accuracy as A
+
+    df = pd.DataFrame([{"method": "nnls", "kind": "baseline", "via": "local", "rmse": 0.1,
+                        "jsd": np.nan, "pearson": 0.9, "seconds": 1.23, "cpu_s": 1.0, "error": ""},
+                       {"method": "x", "kind": "reference", "via": "registry", "seconds": 0.5,
+                        "cpu_s": 0.1, "error": "ValueError: boom"}])
+    text = A.to_markdown(df, "deconvolve")
+    lines = text.splitlines()
+    assert lines[0].startswith("| method | kind | rmse | jsd | pearson | seconds | cpu_s")
+    assert "| nnls (local) | baseline | 0.100 | n/a | 0.900 | 1.2 | 1.0 |" in text
+    assert "ValueError: boom" in lines[-1]
