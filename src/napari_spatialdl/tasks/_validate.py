@@ -70,6 +70,19 @@ def get_counts(adata: AnnData, layer: str | None = None, *, what: str = "this mo
     return X
 
 
+def subset_counts(X, columns: np.ndarray, rows: np.ndarray | None = None):
+    """Rows (optional) and columns of a count matrix; CSR stays CSR, dense becomes an ndarray."""
+    if rows is not None:
+        X = X[rows]
+    X = X[:, columns]
+    return sp.csr_matrix(X) if sp.issparse(X) else np.asarray(X)
+
+
+def row_sums(X) -> np.ndarray:
+    """Total counts per row of a dense or sparse matrix, as a flat array."""
+    return np.asarray(X.sum(axis=1)).ravel()
+
+
 def drop_empty_genes(X, var_names: pd.Index) -> tuple[object, pd.Index, np.ndarray]:
     """Drop genes with no counts at all (they carry no information); return the mask too."""
     keep = np.asarray((X != 0).sum(axis=0)).ravel() > 0

@@ -26,7 +26,7 @@ from ..models._train import ProgressEvent, TrainingHistory
 from ..models.annotation import CellTypeClassifier, expected_calibration_error
 from ._base import TaskResult, target, write_run_metadata
 from ._registry import register
-from ._validate import InputError, check_obs_key, get_counts, shared_genes
+from ._validate import InputError, check_obs_key, get_counts, row_sums, shared_genes, subset_counts
 
 TaskGen = Generator[ProgressEvent, None, TaskResult]
 
@@ -45,17 +45,6 @@ class _Inputs:
     n_ref_dropped: int
     n_query_empty: int
     same_object: bool
-
-
-def _subset(X: Any, columns: np.ndarray, rows: np.ndarray | None = None) -> Any:
-    if rows is not None:
-        X = X[rows]
-    X = X[:, columns]
-    return sp.csr_matrix(X) if sp.issparse(X) else np.asarray(X)
-
-
-def _row_sums(X: Any) -> np.ndarray:
-    return np.asarray(X.sum(axis=1)).ravel()
 
 
 def _check_threshold(threshold: float) -> None:
@@ -86,9 +75,9 @@ def prepare_annotation(query: AnnData, reference: AnnData, labels_key: str, laye
     genes = shared_genes(query, reference, names=("query", "reference"))
     q_cols = query.var_names.get_indexer(genes)
     r_cols = reference.var_names.get_indexer(genes)
-    ref_counts = _subset(r_X, r_cols, np.flatnonzero(labelled))
+    ref_counts = subset_counts(r_X, r_cols, np.flatnonzero(labelled))
     ref_labels = labels[labelled].astype(str).to_numpy()
-    has_counts = _row_sums(ref_counts) > 0
+    has_counts = row_sums(ref_counts) > 0
     n_dropped = int((~has_counts).sum())
     if n_dropped:
         ref_counts, ref_labels = ref_counts[has_counts], ref_labels[has_counts]
@@ -105,8 +94,8 @@ def prepare_annotation(query: AnnData, reference: AnnData, labels_key: str, laye
             f"Cell type(s) {list(few)[:5]} have fewer than {MIN_CELLS_PER_TYPE} labelled reference cells: "
             f"label more cells of these types, or remove/merge them in reference.obs[{labels_key!r}]."
         )
-    query_counts = _subset(q_X, q_cols)
-    n_empty = int((_row_sums(query_counts) == 0).sum())
+    query_counts = subset_counts(q_X, q_cols)
+    n_empty = int((row_sums(query_counts) == 0).sum())
     return _Inputs(query_counts, ref_counts, ref_labels, [str(c) for c in classes], genes,
                    int((~labelled).sum()), n_dropped, n_empty, same)
 

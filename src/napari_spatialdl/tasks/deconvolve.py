@@ -23,7 +23,15 @@ from ..models._train import ProgressEvent, TrainingHistory
 from ..models.deconvolution import SpotDeconvolution, nnls_abundance, spot_neighbour_edges
 from ._base import TaskResult, target, write_run_metadata
 from ._registry import register
-from ._validate import InputError, check_obs_key, check_spatial, get_counts, shared_genes
+from ._validate import (
+    InputError,
+    check_obs_key,
+    check_spatial,
+    get_counts,
+    row_sums,
+    shared_genes,
+    subset_counts,
+)
 
 TaskGen = Generator[ProgressEvent, None, TaskResult]
 
@@ -38,17 +46,6 @@ class _Inputs:
     n_ref_dropped: int
     n_spots_empty: int
     n_shared: int = 0  # genes in both datasets (before any selection)
-
-
-def _subset(X: Any, columns: np.ndarray, rows: np.ndarray | None = None) -> Any:
-    if rows is not None:
-        X = X[rows]
-    X = X[:, columns]
-    return sp.csr_matrix(X) if sp.issparse(X) else np.asarray(X)
-
-
-def _row_sums(X: Any) -> np.ndarray:
-    return np.asarray(X.sum(axis=1)).ravel()
 
 
 def prepare_deconvolution(spatial: AnnData, reference: AnnData, labels_key: str,
@@ -68,9 +65,9 @@ def prepare_deconvolution(spatial: AnnData, reference: AnnData, labels_key: str,
     labelled = labels.notna().to_numpy()
     ref_cols = reference.var_names.get_indexer(genes)
     spot_cols = spatial.var_names.get_indexer(genes)
-    ref_counts = _subset(ref_X, ref_cols, np.flatnonzero(labelled))
+    ref_counts = subset_counts(ref_X, ref_cols, np.flatnonzero(labelled))
     ref_labels = labels[labelled].astype(str).to_numpy()
-    has_counts = _row_sums(ref_counts) > 0
+    has_counts = row_sums(ref_counts) > 0
     n_dropped = int((~has_counts).sum())
     if n_dropped:
         ref_counts, ref_labels = ref_counts[has_counts], ref_labels[has_counts]
@@ -80,8 +77,8 @@ def prepare_deconvolution(spatial: AnnData, reference: AnnData, labels_key: str,
             f"the {len(ref_labels)} labelled cells with counts in the {len(genes)} shared genes: "
             "deconvolution needs at least 2 cell types."
         )
-    spot_counts = _subset(spot_X, spot_cols)
-    n_empty = int((_row_sums(spot_counts) == 0).sum())
+    spot_counts = subset_counts(spot_X, spot_cols)
+    n_empty = int((row_sums(spot_counts) == 0).sum())
     if n_empty == spatial.n_obs:
         raise InputError(
             f"No spot has any count in the {len(genes)} genes shared with the reference: "
@@ -101,14 +98,14 @@ def select_marker_genes(inputs: _Inputs, n_top_genes: int | None) -> _Inputs:
     if n_top_genes is None or n <= n_top_genes:
         return inputs
     R = inputs.ref_counts
-    lib = np.maximum(_row_sums(R), 1.0)
+    lib = np.maximum(row_sums(R), 1.0)
     normed = (sp.diags(1e4 / lib) @ R) if sp.issparse(R) else np.asarray(R) * (1e4 / lib)[:, None]
     means = np.vstack([np.asarray(normed[inputs.ref_labels == t].mean(axis=0)).ravel()
                        for t in inputs.cell_types])
     score = np.log1p(means).var(axis=0)
     keep = np.sort(np.argsort(-score, kind="stable")[:n_top_genes])
     spot_counts = inputs.spot_counts[:, keep]
-    n_empty = int((_row_sums(spot_counts) == 0).sum())
+    n_empty = int((row_sums(spot_counts) == 0).sum())
     return _Inputs(spot_counts, inputs.ref_counts[:, keep], inputs.ref_labels, inputs.cell_types,
                    inputs.genes[keep], inputs.n_ref_dropped, n_empty, inputs.n_shared)
 
