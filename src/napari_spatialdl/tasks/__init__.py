@@ -3,18 +3,15 @@
 ``impute``/``integrate``/``deconvolve``/``annotate`` run to the end and return a
 :class:`TaskResult`; the ``*_iter`` forms are the generators the GUI runs in a
 worker thread (they yield :class:`~napari_spatialdl.models.ProgressEvent`).
-Results are written only when a run finishes.
+Results are written only when a run finishes. Each task is declared once in its spec
+(:func:`get_spec`): inputs by role, the method's parameters from its signature, the outputs.
 """
 
 from ._base import TaskResult
-from ._registry import Method, _load_builtin_methods, get_method, list_methods, register
+from ._registry import Method, get_method, list_methods, register
+from ._spec import SPECS, MethodOutput, Param, Prepared, TaskSpec, get_spec, method_params, run_records
 from ._validate import InputError
-
-# Import the method modules first (that binds e.g. `tasks.impute` to the module), then
-# bind the public names to the API functions, which is what users call.
-_load_builtin_methods()
-
-from .api import (  # noqa: E402
+from .api import (
     annotate,
     annotate_iter,
     deconvolve,
@@ -25,18 +22,26 @@ from .api import (  # noqa: E402
     integrate_iter,
     map_query,
     map_query_iter,
+    method_parameters,
+    run_task,
     run_task_iter,
 )
 
 __all__ = [
+    "SPECS",
     "InputError",
     "Method",
+    "MethodOutput",
+    "Param",
+    "Prepared",
     "TaskResult",
+    "TaskSpec",
     "annotate",
     "annotate_iter",
     "deconvolve",
     "deconvolve_iter",
     "get_method",
+    "get_spec",
     "impute",
     "impute_iter",
     "integrate",
@@ -44,6 +49,10 @@ __all__ = [
     "list_methods",
     "map_query",
     "map_query_iter",
+    "method_params",
+    "method_parameters",
     "register",
+    "run_records",
+    "run_task",
     "run_task_iter",
 ]

@@ -62,12 +62,10 @@ def write_run_metadata(adata: AnnData, task: str, method: str, params: dict[str,
 
     import torch
 
-    from .. import __version__
-
     entry: dict[str, Any] = {
         "method": method,
         "params": {k: _h5_safe(v) for k, v in params.items() if v is not None},
-        "versions": {"napari_spatialdl": __version__, "torch": str(torch.__version__),
+        "versions": {"napari_spatialdl": _package_version(), "torch": str(torch.__version__),
                      "anndata": importlib.metadata.version("anndata")},
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -77,12 +75,23 @@ def write_run_metadata(adata: AnnData, task: str, method: str, params: dict[str,
         entry["seconds"] = history.seconds
     if seconds is not None:
         entry["seconds"] = float(seconds)
+    if "of_task" in extra:  # the task, when the record is named after a result key
+        entry["task"] = extra.pop("of_task")
     entry.update({k: _h5_safe(v) for k, v in extra.items()})
     uns = adata.uns.get(UNS_KEY)
     if not isinstance(uns, dict):
         uns = {}
-    uns[task] = entry
+    uns[task] = entry  # task name for the default keys, else the result's key (see _spec)
     adata.uns[UNS_KEY] = uns
+
+
+def _package_version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("napari-spatialdl")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree
+        return "unknown"
 
 
 def _h5_safe(value: Any) -> Any:

@@ -1,9 +1,12 @@
 """One registry entry per method of each task (native models, baselines, reference backends).
 
-A method is a generator function ``func(<task inputs>, **params)`` that yields
-:class:`~napari_spatialdl.models.ProgressEvent` and returns a
-:class:`~napari_spatialdl.tasks.TaskResult`, writing to the AnnData only at the end.
-Widgets build their parameter panels from ``inspect.signature(method.func)``.
+A method is a generator function ``func(prepared, **params)``: it receives the task's prepared
+inputs (:mod:`._spec`), yields :class:`~napari_spatialdl.models.ProgressEvent` and returns a
+:class:`~napari_spatialdl.tasks._spec.MethodOutput`. It never writes to an AnnData: the task's
+``write`` does, at the end. The API, ``sdl.run``, the CLI and the panels read its parameters
+from its signature (:func:`~napari_spatialdl.tasks._spec.method_params`).
+
+Adding a method is one module with one ``@register`` line, listed in ``_METHOD_MODULES``.
 """
 
 from __future__ import annotations
@@ -21,9 +24,18 @@ class Method:
     task: str
     name: str
     func: Callable
-    description: str = ""
+    description: str = ""  # technical, one line (tooltips, `methods` listing)
     requires: tuple[str, ...] = field(default_factory=tuple)
     native: bool = False
+    label: str = ""  # plain words for biologists (the panel's method drop-down)
+    needs: tuple[str, ...] = ()  # optional task inputs this method requires (e.g. "reference")
+    refuses: tuple[str, ...] = ()  # optional task inputs this method cannot use
+    counts: bool = True  # needs raw integer counts (False: accepts normalised values too)
+    kind: str = ""  # "native", "baseline" or "reference"
+
+    @property
+    def title(self) -> str:
+        return self.label or self.description or self.name
 
     def available(self) -> bool:
         """True when every optional package this method needs is importable."""
@@ -34,14 +46,19 @@ REGISTRY: dict[str, dict[str, Method]] = {task: {} for task in TASKS}
 
 
 def register(task: str, name: str, *, description: str = "", requires: tuple[str, ...] = (),
-             native: bool = False) -> Callable[[Callable], Callable]:
-    """Decorator adding a generator function to the registry of ``task``."""
+             native: bool = False, label: str = "", needs: tuple[str, ...] = (),
+             refuses: tuple[str, ...] = (), counts: bool = True,
+             kind: str | None = None) -> Callable[[Callable], Callable]:
+    """Decorator adding a method (a generator function on prepared inputs) to ``task``."""
     if task not in REGISTRY:
         raise ValueError(f"Unknown task {task!r}; tasks are {', '.join(TASKS)}.")
 
     def deco(func: Callable) -> Callable:
-        REGISTRY[task][name] = Method(task, name, func, description or (func.__doc__ or "").strip().split("\n")[0],
-                                      tuple(requires), native)
+        first_line = (func.__doc__ or "").strip().split("\n")[0]
+        REGISTRY[task][name] = Method(
+            task, name, func, description or first_line, tuple(requires), native,
+            label=label, needs=tuple(needs), refuses=tuple(refuses), counts=counts,
+            kind=kind or ("native" if native else "reference" if requires else "baseline"))
         return func
 
     return deco
@@ -75,14 +92,17 @@ def get_method(task: str, name: str) -> Method:
     return method
 
 
-_METHOD_MODULES = ("impute", "integrate", "deconvolve", "annotate", "_backends")
+_METHOD_MODULES = (
+    "imputation", "integration", "deconvolution", "annotation",
+    "backends.scvi_tools", "backends.tangram", "backends.celltypist", "backends.harmony",
+    "backends.magic",
+)
 
 
 def _load_builtin_methods() -> None:
     """Import the modules whose ``@register`` decorators fill the registry.
 
-    ``importlib`` rather than ``from . import impute``: the package binds the public
-    task *functions* under the same names, and ``from . import`` would return those.
+    A method module that is absent is skipped (a third-party package may drop one).
     """
     package = __name__.rsplit(".", 1)[0]
     for name in _METHOD_MODULES:

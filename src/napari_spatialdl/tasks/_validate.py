@@ -152,3 +152,16 @@ def check_n_latent(n_latent: int, n_obs: int, n_genes: int) -> None:
             f"n_latent={n_latent} is not smaller than the number of observations ({n_obs}) and "
             f"genes ({n_genes}): choose n_latent < {min(n_obs, n_genes)}."
         )
+
+
+def check_positive(**values: float) -> None:
+    """InputError for the first value that is not > 0 (``name=value`` keyword arguments)."""
+    for name, value in values.items():
+        if value is None or not np.isfinite(value) or value <= 0:
+            raise InputError(f"{name} must be a positive number, got {value!r}.")
+
+
+def check_choice(name: str, value: object, choices: tuple) -> None:
+    """InputError unless ``value`` is one of ``choices`` (listed in the message)."""
+    if value not in choices:
+        raise InputError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}.")

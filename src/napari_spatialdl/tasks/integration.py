@@ -27,7 +27,8 @@ from ..models.integrate import IntegrationModel, default_config
 from ._base import TaskResult, target, write_run_metadata
 from ._registry import register
 from ._validate import InputError, check_n_latent, check_obs_key, drop_empty_genes, get_counts
-from .impute import check_choice, check_device, check_positive
+from ._validate import check_choice, check_positive
+from ._spec import resolve_device_arg as check_device
 
 TaskGen = Generator[ProgressEvent, None, TaskResult]
 
