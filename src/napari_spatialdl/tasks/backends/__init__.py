@@ -1,0 +1,1 @@
+"""Reference backends: the published tools (scvi-tools, Tangram, CellTypist, Harmony, MAGIC), one module per tool."""

@@ -1,0 +1,287 @@
+"""scvi-tools as methods of the tasks: the published models next to the native ones.
+
+========== ============================================================
+task       methods
+========== ============================================================
+integrate  ``scvi`` (SCVI latent space), ``scanvi`` (SCANVI, uses labels)
+deconvolve ``stereoscope`` (RNA/SpatialStereoscope), ``destvi`` (CondSCVI + DestVI)
+annotate   ``scanvi`` (SCANVI on reference + query)
+impute     ``scvi`` (SCVI expected counts)
+========== ============================================================
+
+Each method gets its task's prepared inputs (validated, genes picked, counts extracted; the
+same object the native method gets), builds the AnnData scvi-tools wants from the prepared
+counts, and returns the task's output object; the task writes it. Models train in a helper
+thread so that every epoch is reported (with the loss) while training runs; closing the
+generator asks the trainer to stop at the end of the current epoch and waits for it.
+
+scvi-tools is imported only when a method runs (``pip install 'napari-spatialdl[bench]'``).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Generator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+from ...models import ProgressEvent, TrainingHistory
+from .._registry import register
+from .._validate import InputError
+from ..deconvolution import DeconvolutionInputs, DeconvolutionOutput
+from ._common import deconvolution_output, versions
+
+_BATCH = "_sdl_batch"
+_LABELS = "_sdl_labels"
+_UNLABELED = "_sdl_unlabeled"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _adata(counts: Any, obs_names: Any, genes: Any, obs: dict[str, Any] | None = None) -> AnnData:
+    """A fresh AnnData of prepared counts (float32 CSR) for scvi-tools; obs columns categorical."""
+    out = AnnData(X=sp.csr_matrix(counts, dtype=np.float32),
+                  obs=pd.DataFrame(index=pd.Index(obs_names).astype(str)),
+                  var=pd.DataFrame(index=pd.Index(genes).astype(str)))
+    for key, values in (obs or {}).items():
+        out.obs[key] = pd.Categorical(np.asarray(values).astype(str))
+    return out
+
+
+def _check_epochs(**epochs: int | None) -> None:
+    for name, value in epochs.items():
+        if value is not None and value < 1:
+            raise InputError(f"{name} must be at least 1 (or None for scvi-tools' default), got {value}.")
+
+
+def _check_latent(n_latent: int, n_obs: int, n_genes: int) -> None:
+    if n_latent < 1:
+        raise InputError(f"n_latent must be at least 1, got {n_latent}.")
+    if n_latent >= min(n_obs, n_genes):
+        raise InputError(f"n_latent={n_latent} must be smaller than both the number of observations "
+                         f"({n_obs}) and of genes ({n_genes}): choose a smaller n_latent.")
+
+
+def _check_likelihood(gene_likelihood: str) -> None:
+    if gene_likelihood not in ("zinb", "nb", "poisson"):
+        raise InputError(f"gene_likelihood must be 'zinb', 'nb' or 'poisson', got {gene_likelihood!r}.")
+
+
+def _seed(seed: int) -> None:
+    import scvi
+
+    scvi.settings.seed = int(seed)
+
+
+def _accelerator(device: Any) -> tuple[str, Any]:
+    """Lightning's ``accelerator`` and ``devices`` for a torch device."""
+    if device.type == "cuda":
+        return "gpu", [device.index] if device.index is not None else 1
+    return ("mps" if device.type == "mps" else "cpu"), 1
+
+
+def _epoch_callback(events: queue.Queue, stop: threading.Event, n_epochs: int, stage: str,
+                    start: float) -> Any:
+    """A Lightning callback that reports every epoch and stops the trainer on request."""
+    from lightning.pytorch.callbacks import Callback
+
+    def metric(metrics: dict, *names: str) -> float | None:
+        for name in names:
+            if name in metrics:
+                try:
+                    return float(metrics[name])
+                except (TypeError, ValueError):
+                    continue
+        return None
+
+    class _EpochReporter(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):  # noqa: D401 (Lightning hook)
+            m = trainer.callback_metrics
+            events.put(ProgressEvent(
+                epoch=trainer.current_epoch + 1, n_epochs=n_epochs, step=int(trainer.global_step),
+                train_loss=metric(m, "train_loss_epoch", "train_loss", "elbo_train"),
+                val_loss=metric(m, "validation_loss", "elbo_validation"),
+                elapsed=time.perf_counter() - start, stage=stage,
+            ))
+            if stop.is_set():
+                trainer.should_stop = True
+
+    return _EpochReporter()
+
+
+_DONE = object()
+
+
+def _train(model: Any, n_epochs: int, device: Any, stage: str, **kwargs: Any
+           ) -> Generator[ProgressEvent, None, TrainingHistory]:
+    """``model.train`` (scvi-tools) in a helper thread, yielding its epochs; returns the history.
+
+    Closing the generator stops training after the current epoch (and waits for the thread);
+    an exception raised in training is re-raised here.
+    """
+    events: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    start = time.perf_counter()
+    callback = _epoch_callback(events, stop, n_epochs, stage, start)
+    accelerator, devices = _accelerator(device)
+
+    def work() -> None:
+        try:
+            model.train(max_epochs=n_epochs, accelerator=accelerator, devices=devices,
+                        enable_progress_bar=False, callbacks=[callback], **kwargs)
+        except BaseException as exc:  # noqa: BLE001 (re-raised in the caller's thread)
+            errors.append(exc)
+        finally:
+            events.put(_DONE)
+
+    thread = threading.Thread(target=work, name=f"spatialdl-{stage}", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = events.get()
+            if item is _DONE:
+                break
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+    if errors:
+        raise errors[0]
+    return _history(model, time.perf_counter() - start, device)
+
+
+def _default_epochs(max_epochs: int | None, n_obs: int) -> int:
+    """``max_epochs``, or scvi-tools' heuristic ``min(400, 20000 / n_obs * 400)``."""
+    if max_epochs is not None:
+        return int(max_epochs)
+    from scvi.model._utils import get_max_epochs_heuristic
+
+    return int(get_max_epochs_heuristic(n_obs))
+
+
+def _history(model: Any, seconds: float, device: Any) -> TrainingHistory:
+    hist = getattr(model, "history", None) or {}
+
+    def series(*names: str) -> list[float]:
+        for name in names:
+            if name in hist:
+                return [float(v) for v in np.asarray(hist[name]).ravel()]
+        return []
+
+    train_loss = series("train_loss_epoch", "train_loss", "elbo_train")
+    val_loss = series("validation_loss", "elbo_validation")
+    watched = val_loss or train_loss
+    return TrainingHistory(train_loss=train_loss, val_loss=val_loss, n_epochs=len(train_loss),
+                           best_epoch=int(np.argmin(watched)) + 1 if watched else 0,
+                           stopped_early=False, seconds=float(seconds), device=str(device))
+
+
+def _merge(parts: list[TrainingHistory]) -> TrainingHistory:
+    """One history of consecutive trainings (pre-training, then the second model)."""
+    out = TrainingHistory(device=parts[-1].device)
+    for h in parts:
+        out.train_loss += h.train_loss
+        out.val_loss += h.val_loss
+        out.n_epochs += h.n_epochs
+        out.seconds += h.seconds
+    out.best_epoch = parts[-1].best_epoch
+    return out
+
+
+# ----------------------------------------------------------------------------- deconvolution
+
+DeconvolutionGen = Generator[ProgressEvent, None, DeconvolutionOutput]
+
+
+def _deconvolution_adatas(data: DeconvolutionInputs) -> tuple[AnnData, AnnData]:
+    """(reference cells with their labels, spots) from the prepared counts of the shared genes."""
+    ref = _adata(data.ref_counts, [f"ref{i}" for i in range(len(data.ref_labels))], data.genes,
+                 {_LABELS: data.ref_labels})
+    st = _adata(data.spot_counts, data.data.obs_names, data.genes)
+    return ref, st
+
+
+def _proportions(model: Any) -> pd.DataFrame:
+    table = model.get_proportions()
+    table.columns = table.columns.astype(str)
+    return table
+
+
+@register("deconvolve", "stereoscope", requires=("scvi",),
+          label="scvi-tools Stereoscope (published method)",
+          description="scvi-tools RNAStereoscope + SpatialStereoscope (reference implementation)")
+def deconvolve_stereoscope(data: DeconvolutionInputs, *, sc_epochs: int = 400,
+                           st_epochs: int = 400) -> DeconvolutionGen:
+    """Deconvolution with Stereoscope (scvi-tools): per-type NB signatures, then spot weights.
+
+    All genes shared by the two datasets are used.
+
+    Parameters
+    ----------
+    data
+        The prepared spots and reference (see :func:`napari_spatialdl.deconvolve`).
+    sc_epochs
+        Training epochs of the single-cell model (scvi-tools' default: 400).
+    st_epochs
+        Training epochs of the spatial model (scvi-tools' default: 400).
+    """
+    _check_epochs(sc_epochs=sc_epochs, st_epochs=st_epochs)
+    ref, st = _deconvolution_adatas(data)
+    from scvi.external import RNAStereoscope, SpatialStereoscope
+
+    _seed(data.seed)
+    RNAStereoscope.setup_anndata(ref, labels_key=_LABELS)
+    sc_model = RNAStereoscope(ref)
+    h1 = yield from _train(sc_model, sc_epochs, data.device, "stereoscope-sc")
+    SpatialStereoscope.setup_anndata(st)
+    st_model = SpatialStereoscope.from_rna_model(st, sc_model)
+    h2 = yield from _train(st_model, st_epochs, data.device, "stereoscope-st")
+    info = dict(data.gene_info(), versions_backend=versions("scvi"))
+    return deconvolution_output(data, _proportions(st_model), model=st_model,
+                                history=_merge([h1, h2]), info=info)
+
+
+@register("deconvolve", "destvi", requires=("scvi",),
+          label="scvi-tools DestVI (published method, slow)",
+          description="scvi-tools CondSCVI (mixture-of-Gaussians prior) + DestVI")
+def deconvolve_destvi(data: DeconvolutionInputs, *, sc_epochs: int = 300, st_epochs: int = 2000,
+                      n_latent: int = 5) -> DeconvolutionGen:
+    """Deconvolution with DestVI (scvi-tools): a conditional VAE of the reference, then the spots.
+
+    All genes shared by the two datasets are used.
+
+    Parameters
+    ----------
+    data
+        The prepared spots and reference (see :func:`napari_spatialdl.deconvolve`).
+    sc_epochs
+        Training epochs of CondSCVI, the reference model (scvi-tools' default: 300).
+    st_epochs
+        Training epochs of DestVI, the spot model (scvi-tools' default: 2000).
+    n_latent
+        Latent size of CondSCVI (the variation within each cell type).
+    """
+    _check_epochs(sc_epochs=sc_epochs, st_epochs=st_epochs)
+    if n_latent < 1:
+        raise InputError(f"n_latent must be at least 1, got {n_latent}.")
+    ref, st = _deconvolution_adatas(data)
+    from scvi.model import CondSCVI, DestVI
+
+    _seed(data.seed)
+    CondSCVI.setup_anndata(ref, labels_key=_LABELS)
+    # scvi-tools 1.4 needs the mixture prior named (its default changed with the release)
+    sc_model = CondSCVI(ref, n_latent=n_latent, weight_obs=False, prior="mog")
+    h1 = yield from _train(sc_model, sc_epochs, data.device, "condscvi")
+    DestVI.setup_anndata(st)
+    st_model = DestVI.from_rna_model(st, sc_model)
+    h2 = yield from _train(st_model, st_epochs, data.device, "destvi")
+    info = dict(data.gene_info(), versions_backend=versions("scvi"))
+    return deconvolution_output(data, _proportions(st_model), model=st_model,
+                                history=_merge([h1, h2]), info=info)
