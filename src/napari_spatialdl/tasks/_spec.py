@@ -322,24 +322,35 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % (2 ** 32))
 
 
-def result_keys(spec: TaskSpec, adata: AnnData, method_name: str, key_added: str | None
-                ) -> dict[str, str]:
-    """Where each output goes: ``key_added`` when given; else the default keys, unless they hold
-    another method's result, in which case ``<default>_<method>`` keeps both side by side."""
+def check_key_added(key_added: Any) -> None:
     if key_added is not None and (not isinstance(key_added, str) or not key_added.strip()):
         raise InputError(f"key_added must be a non-empty string (or None for the default keys), "
                          f"got {key_added!r}.")
-    main = spec.outputs[0]
+
+
+def result_keys(spec: TaskSpec, adata: AnnData, method_name: str, key_added: str | None,
+                fields: list[str] | None = None) -> dict[str, str]:
+    """Where each output goes: ``key_added`` when given; else the default keys, unless they hold
+    another method's result, in which case ``<default>_<method>`` keeps both side by side.
+
+    ``fields``: the outputs this run produced (default: all of the spec's); the first is the
+    main one, which names the run record.
+    """
+    check_key_added(key_added)
+    outputs = [o for o in spec.outputs if fields is None or o.field in fields]
+    main = outputs[0]
     suffix = None
     if not key_added:
         previous = run_record(adata, spec.name, main.key_for(None))
-        present = main.key in getattr(adata, main.slot).keys() if main.slot != "uns" else main.key in adata.uns
+        store = adata.uns if main.slot == "uns" else getattr(adata, main.slot)
+        present = main.key in store.keys() if main.slot != "obs" else main.key in adata.obs.columns
         if present and previous is not None and previous.get("method") not in (None, method_name):
             suffix = method_name
-    return {o.field: o.key_for(key_added, suffix) for o in spec.outputs}
+    return {o.field: o.key_for(key_added, suffix) for o in outputs}
 
 
-def _record_name(spec_name: str, main_key: str, default_key: str) -> str:
+def _record_name(spec_name: str, main_key: str, default_key: str | None) -> str:
+    """The task's name for its first output under its default key; else the result's key."""
     return spec_name if main_key == default_key else main_key
 
 
@@ -409,7 +420,7 @@ def run_task_iter(task: str, *args: Any, method: str = "spatialdl", key_added: s
     dev = resolve_device_arg(device)
     seed_int = resolve_seed(seed)
     data = inputs[spec.data_input.name]
-    keys = result_keys(spec, data, m.name, key_added)  # checked before the (long) run
+    check_key_added(key_added)  # before the (long) run
     seed_everything(seed_int)
     prepared = spec.prepare(inputs, method=m, device=dev, seed=seed_int, **options)
     for p in method_params(m):
@@ -420,6 +431,10 @@ def run_task_iter(task: str, *args: Any, method: str = "spatialdl", key_added: s
     seconds = time.perf_counter() - start
     if not isinstance(output, MethodOutput):
         raise TypeError(f"The {task} method {m.name!r} returned {type(output).__name__}, not a MethodOutput.")
+    produced = [o.field for o in spec.outputs if getattr(output, o.field, None) is not None]
+    if not produced:
+        raise TypeError(f"The {task} method {m.name!r} returned no result.")
+    keys = result_keys(spec, data, m.name, key_added, produced)
     out = target(data, bool(copy))
     spec.write(out, prepared, output, keys)
     recorded = {k: v for k, v in inputs.items() if not isinstance(v, AnnData)}
@@ -432,13 +447,15 @@ def run_task_iter(task: str, *args: Any, method: str = "spatialdl", key_added: s
     info.update(output.info)
     if output.history is None:
         info.setdefault("device", str(dev))
-    main = spec.outputs[0]
-    record_name = _record_name(task, keys[main.field], main.key)
+    outputs = [o for o in spec.outputs if o.field in keys]
+    main = outputs[0]
+    record_name = _record_name(task, keys[main.field],
+                               main.key if main is spec.outputs[0] else None)
     write_run_metadata(out, record_name, m.name, recorded, output.history, seconds=seconds,
-                       of_task=task, keys={f: f"{o.slot}/{keys[o.field]}" for f, o in
-                                        ((o.field, o) for o in spec.outputs)}, **info)
+                       of_task=task, keys={o.field: f"{o.slot}/{keys[o.field]}" for o in outputs},
+                       **info)
     result_key_map = {o.slot if i == 0 else f"{o.slot}_{o.field}": keys[o.field]
-                      for i, o in enumerate(spec.outputs)}
+                      for i, o in enumerate(outputs)}
     return TaskResult(task, m.name, out, keys=result_key_map, model=output.model,
                       history=output.history, info=info)
 
