@@ -13,6 +13,8 @@ import importlib
 from typing import TYPE_CHECKING
 
 _LAZY = {
+    "InputError": ".._errors",
+    "ReadError": "._spatial",
     "SpatialDataError": "._spatial",
     "full_res_coordinates": "._spatial",
     "get_image": "._spatial",
@@ -29,6 +31,8 @@ _LAZY = {
 }
 
 __all__ = [
+    "InputError",
+    "ReadError",
     "SpatialDataError",
     "find_spaceranger_root",
     "full_res_coordinates",
@@ -45,9 +49,11 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from .._errors import InputError
     from ._csv import read_counts_csv
     from ._h5ad import read_h5ad
     from ._spatial import (
+        ReadError,
         SpatialDataError,
         full_res_coordinates,
         get_image,

@@ -11,7 +11,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from ._spatial import SpatialDataError
+from ._spatial import ReadError, SpatialDataError
 
 _BARCODE = re.compile(r"[ACGTN]{10,}")
 
@@ -20,13 +20,34 @@ def _read_table(path: str | Path, what: str) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise SpatialDataError(f"The {what} file {path} does not exist.")
+    fix = "Export the table again, or copy / download it again."
     try:
         table = pd.read_csv(path, index_col=0)
-    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise SpatialDataError(f"The {what} file {path} could not be read as CSV: {err}") from err
+    except UnicodeDecodeError as err:
+        raise ReadError(
+            f"The {what} file {path} could not be read: it holds binary data (byte {err.start} is not text), "
+            f"so it is not a CSV table; it is damaged or in another format. {fix}"
+        ) from None
+    except pd.errors.EmptyDataError:
+        raise ReadError(f"The {what} file {path} is empty. {fix}") from None
+    except (ValueError, pd.errors.ParserError, OSError) as err:
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ReadError(
+            f"The {what} file {path} could not be read as CSV ({detail}): rows with more fields than the "
+            f"header mean a damaged file or another separator (it must be comma-separated). {fix}"
+        ) from None
     table.index = table.index.astype(str)
     table.columns = table.columns.astype(str)
     return table
+
+
+def _truncated(table: pd.DataFrame) -> bool:
+    """Only the last line of the file has missing values: the file was cut short."""
+    bad = table.isna().any(axis=1).to_numpy()
+    return len(bad) > 0 and bool(bad[-1]) and int(bad.sum()) == 1
+
+
+_TRUNCATED = ": its last line is incomplete, so the file looks truncated. Copy or download it again"
 
 
 def _barcode_like(names: pd.Index) -> float:
@@ -66,6 +87,8 @@ def _coords_frame(table: pd.DataFrame, path: Path) -> pd.DataFrame:
             stacklevel=3,
         )
     xy = xy.apply(pd.to_numeric, errors="coerce")
+    if _truncated(xy):
+        raise ReadError(f"The coordinates file {path} has missing x/y values in its last row{_TRUNCATED}.")
     return xy.set_axis(["x", "y"], axis=1)
 
 
@@ -115,7 +138,10 @@ def read_counts_csv(
     Raises
     ------
     SpatialDataError
-        Unreadable or non-numeric tables, or barcodes that do not match between the files.
+        Non-numeric tables, or barcodes that do not match between the files.
+    ReadError
+        (a :class:`SpatialDataError`) A file that is empty, binary, truncated or not CSV: the
+        message names the file, the problem and the fix.
     """
     counts = Path(counts)
     table = _read_table(counts, "counts")
@@ -125,6 +151,8 @@ def read_counts_csv(
     lab = _read_table(labels, "labels") if labels is not None else None
     if lab is not None and lab.shape[1] < 1:
         raise SpatialDataError(f"The labels file {labels} needs a column with the labels after the barcode column.")
+    if _truncated(table.apply(pd.to_numeric, errors="coerce")):
+        raise ReadError(f"The counts file {counts} has missing values in its last row{_TRUNCATED}.")
     known = None
     if xy is not None or lab is not None:
         known = pd.Index([]).append([f.index for f in (xy, lab) if f is not None])

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from anndata import AnnData
 
+from ._files import damaged_hdf5
 from ._spatial import SpatialDataError, full_res_coordinates, validate_spatial
 
 
@@ -32,8 +33,11 @@ def read_h5ad(path: str | Path, *, validate: bool = True) -> AnnData:
     Raises
     ------
     SpatialDataError
-        The file does not exist, is not an ``.h5ad``, or (with ``validate=True``) has malformed
-        spatial metadata; the message names the problem, and ``validate=False`` reads it anyway.
+        The file does not exist, or (with ``validate=True``) has malformed spatial metadata; the
+        message names the problem, and ``validate=False`` reads it anyway.
+    ReadError
+        (a :class:`SpatialDataError`) The file is damaged, truncated, not HDF5, or HDF5 but not
+        an ``.h5ad``: the message names the file, the problem and the fix.
     """
     import anndata as ad
 
@@ -42,10 +46,13 @@ def read_h5ad(path: str | Path, *, validate: bool = True) -> AnnData:
         raise SpatialDataError(f"{path} does not exist or is not a file.")
     try:
         adata = ad.read_h5ad(path)
-    except (OSError, KeyError, TypeError, ValueError) as err:
-        raise SpatialDataError(
-            f"{path} could not be read as an .h5ad file ({type(err).__name__}: {err})."
-        ) from err
+    except MemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 - h5py and anndata raise many types for a damaged file
+        raise damaged_hdf5(
+            path, err, what="an .h5ad file (AnnData's layout: X, obs, var, ...)",
+            fix="Write it again (adata.write_h5ad or napari_spatialdl.write_h5ad), or download / copy it again.",
+        ) from None
     if not validate:
         return adata
     if "spatial" not in adata.obsm:

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from .._errors import InputError
+
 SPATIAL_KEY = "spatial"
 IMAGE_KEYS = ("hires", "lowres")  # preference order of image_key="auto"
 # Space Ranger's spot_diameter_fullres is that of a 65 µm spot; Visium centres are 100 µm apart.
@@ -28,8 +30,18 @@ VISIUM_DIAMETER_TO_PITCH = 0.65
 _MIN_INSIDE_FRACTION = 0.5
 
 
-class SpatialDataError(ValueError):
-    """Bad spatial input: the message names the problem and how to fix it."""
+class SpatialDataError(InputError):
+    """Bad spatial input: the message names the problem and how to fix it.
+
+    A :class:`napari_spatialdl.tasks.InputError` (and so a ``ValueError``).
+    """
+
+
+class ReadError(SpatialDataError):
+    """A file could not be read: damaged, truncated, or not the format its name says.
+
+    The message names the file, what is wrong with it, and how to get a good copy.
+    """
 
 
 def _warn(message: str) -> None:
@@ -225,30 +237,52 @@ def get_image(
     return images[image_key], _scalef(scalefactors, lib, image_key), image_key
 
 
-def full_res_coordinates(adata: Any) -> np.ndarray:
-    """``adata.obsm['spatial']`` as an (n, 2) float array of (x, y), checked."""
+def full_res_coordinates(adata: Any, *, obj: str = "adata") -> np.ndarray:
+    """``adata.obsm['spatial']`` as an (n_obs, 2) float array of (x, y), checked.
+
+    Refused (:class:`SpatialDataError`, naming ``obj``): missing, not numbers, not a 2-D array,
+    fewer than 2 columns, a number of rows other than ``n_obs``, NaN or infinite values. With 3
+    or more columns (x, y, z) the first two are used.
+    """
+    where = f"{obj}.obsm['spatial']"
     if not hasattr(adata, "obsm") or SPATIAL_KEY not in adata.obsm:
         raise SpatialDataError(
-            "adata.obsm['spatial'] is missing: there are no spot coordinates to place on the tissue. "
+            f"{where} is missing: there are no spot coordinates to place on the tissue. "
             "Read a Space Ranger folder with napari_spatialdl.read_visium, pass coords= to "
-            "read_counts_csv, or set adata.obsm['spatial'] to an (n_obs, 2) array of x, y."
+            f"read_counts_csv, or set {where} to an (n_obs, 2) array of x, y."
         )
     raw = adata.obsm[SPATIAL_KEY]
     values = raw.to_numpy() if hasattr(raw, "to_numpy") else raw
-    try:
-        xy = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise SpatialDataError("adata.obsm['spatial'] must hold numbers (x, y per spot).") from err
+    if hasattr(values, "toarray"):
+        values = values.toarray()
+    values = np.asarray(values)
+    fix = f"Set {where} to an (n_obs, 2) array of numbers: x, y per spot."
+    if values.dtype.kind == "O":
+        if not all(isinstance(v, int | float | np.number) and not isinstance(v, bool | np.bool_)
+                   for v in values.ravel()):
+            raise SpatialDataError(f"{where} holds values that are not numbers (dtype object). {fix}")
+    elif values.dtype.kind not in "iuf":
+        raise SpatialDataError(f"{where} holds {values.dtype} values, not numbers. {fix}")
+    xy = np.asarray(values, dtype=np.float64)
     if xy.ndim != 2 or xy.shape[1] < 2:
         raise SpatialDataError(
-            f"adata.obsm['spatial'] has shape {xy.shape}; it must be (n_obs, 2) with columns x, y."
+            f"{where} has shape {xy.shape}; it must be (n_obs, 2) with columns x, y"
+            + (": one column is not a position on the tissue (neighbours would be computed on x alone)"
+               if xy.ndim == 2 and xy.shape[1] == 1 else "")
+            + f". {fix}"
+        )
+    n_obs = getattr(adata, "n_obs", None)
+    if n_obs is not None and xy.shape[0] != n_obs:
+        raise SpatialDataError(
+            f"{where} has {xy.shape[0]} rows but {obj} has {n_obs} observations: one (x, y) per observation "
+            f"is needed. {fix}"
         )
     xy = xy[:, :2]
     bad = ~np.isfinite(xy).all(axis=1)
     if bad.any():
         raise SpatialDataError(
-            f"{int(bad.sum())} of {len(xy)} spots have NaN or infinite coordinates in "
-            "adata.obsm['spatial']: drop them, e.g. adata = adata[np.isfinite(adata.obsm['spatial']).all(1)].copy()."
+            f"{int(bad.sum())} of {len(xy)} spots have NaN or infinite coordinates in {where}: drop them, "
+            f"e.g. {obj} = {obj}[np.isfinite({obj}.obsm['spatial']).all(1)].copy()."
         )
     return xy
 

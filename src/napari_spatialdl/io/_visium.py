@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._spatial import SpatialDataError, image_problem
+from ._files import damaged_hdf5, load_image_or_warn, read_json_object
+from ._spatial import ReadError, SpatialDataError, image_problem
 
 POSITION_FILES = ("tissue_positions.csv", "tissue_positions_list.csv")  # SR >= 2.0, SR 1.x
 POSITION_COLUMNS = ["in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"]
 IMAGE_FILES = {"hires": "tissue_hires_image.png", "lowres": "tissue_lowres_image.png"}
+_FIX = ("Copy {name} again from the Space Ranger output folder (outs/{name}), or re-run "
+        "spaceranger count to write it again.")
+_NUMERIC_SCALEFACTORS = ("tissue_hires_scalef", "tissue_lowres_scalef", "spot_diameter_fullres",
+                         "fiducial_diameter_fullres", "regist_target_img_scalef")
 
 if TYPE_CHECKING:  # anndata/pandas are imported when reading, so that path checks stay light
     import pandas as pd
@@ -52,10 +56,20 @@ def _read_positions(spatial: Path) -> pd.DataFrame:
     import pandas as pd
 
     file = next(spatial / f for f in POSITION_FILES if (spatial / f).is_file())
-    with open(file) as fh:
-        first = fh.readline().split(",")[0].strip().strip('"')
-    has_header = first.lower() == "barcode"
-    pos = pd.read_csv(file, header=0 if has_header else None, index_col=0)
+    fix = _FIX.format(name=f"spatial/{file.name}")
+    try:
+        with open(file, encoding="utf-8") as fh:
+            first = fh.readline().split(",")[0].strip().strip('"')
+        has_header = first.lower() == "barcode"
+        pos = pd.read_csv(file, header=0 if has_header else None, index_col=0)
+    except UnicodeDecodeError as err:
+        raise ReadError(f"{file} could not be read: it holds binary data (byte {err.start} is not text), "
+                        f"so it is not a CSV file; it is damaged. {fix}") from None
+    except pd.errors.EmptyDataError:
+        raise ReadError(f"{file} is empty. {fix}") from None
+    except (pd.errors.ParserError, ValueError, OSError) as err:
+        raise ReadError(f"{file} could not be read as CSV ({str(err).strip().splitlines()[0]}): it is "
+                        f"damaged. {fix}") from None
     if pos.shape[1] != 5:
         raise SpatialDataError(
             f"{file} has {pos.shape[1] + 1} columns; Space Ranger writes 6 (barcode, in_tissue, "
@@ -63,22 +77,50 @@ def _read_positions(spatial: Path) -> pd.DataFrame:
         )
     pos.columns = POSITION_COLUMNS
     pos.index = pos.index.astype(str)
-    return pos
+    numeric = pos.apply(pd.to_numeric, errors="coerce")
+    bad = numeric.isna().any(axis=1).to_numpy()
+    if bad.any():
+        last_only = bool(bad[-1]) and int(bad.sum()) == 1
+        raise ReadError(
+            f"{file} has missing or non-numeric values in {int(bad.sum())} of {len(pos)} rows "
+            f"(e.g. barcode {pos.index[bad][0]!r})"
+            + (": its last line is incomplete, so the file is truncated" if last_only else ": it is damaged")
+            + f". {fix}"
+        )
+    return numeric
 
 
 def _read_counts(root: Path, counts_file: str) -> tuple[AnnData, dict]:
     import scanpy as sc
 
     p = root / counts_file
+    fix = _FIX.format(name=counts_file)
     attrs: dict = {}
     if p.is_dir():
-        adata = sc.read_10x_mtx(p, var_names="gene_symbols", make_unique=False)
+        try:
+            adata = sc.read_10x_mtx(p, var_names="gene_symbols", make_unique=False)
+        except MemoryError:
+            raise
+        except Exception as err:  # noqa: BLE001 - gzip, scipy.io and pandas each raise their own
+            names = ", ".join(sorted(f.name for f in p.iterdir())) or "none"
+            raise ReadError(
+                f"{p} could not be read as a 10x matrix folder ({type(err).__name__}: "
+                f"{str(err).strip().splitlines()[0] if str(err).strip() else 'no detail'}): one of "
+                f"matrix.mtx(.gz), barcodes.tsv(.gz), features.tsv(.gz) is damaged, truncated or missing "
+                f"(files there: {names}). {fix}"
+            ) from None
     else:
-        adata = sc.read_10x_h5(p)
-        import h5py
+        try:
+            adata = sc.read_10x_h5(p)
+            import h5py
 
-        with h5py.File(p, "r") as f:
-            attrs = dict(f.attrs)
+            with h5py.File(p, "r") as f:
+                attrs = dict(f.attrs)
+        except MemoryError:
+            raise
+        except Exception as err:  # noqa: BLE001 - h5py raises OSError/RuntimeError/KeyError, scanpy others
+            raise damaged_hdf5(p, err, what="a 10x feature-barcode matrix (.h5 with a 'matrix' group)",
+                               fix=fix) from err
     return adata, attrs
 
 
@@ -87,13 +129,17 @@ def _decode(value) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def _load_image(file: Path) -> np.ndarray:
-    import imageio.v3 as iio
-
-    img = np.asarray(iio.imread(file))
-    if img.ndim == 3 and img.shape[2] == 4 and np.all(img[..., 3] == img[..., 3].flat[0]) and img[..., 3].flat[0] > 0:
-        img = np.ascontiguousarray(img[..., :3])  # constant opaque alpha carries nothing
-    return img
+def _read_scalefactors(file: Path) -> dict:
+    fix = _FIX.format(name="spatial/scalefactors_json.json")
+    data = read_json_object(file, fix=fix)
+    for key in _NUMERIC_SCALEFACTORS:
+        if key not in data:
+            continue
+        value = data[key]
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value) and value > 0
+        if not ok:
+            raise ReadError(f"{file}: {key!r} is {value!r}, but it must be a positive number. {fix}")
+    return data
 
 
 def read_visium(
@@ -133,6 +179,11 @@ def read_visium(
     SpatialDataError
         The folder is not Space Ranger output (the message lists the missing files), or the
         positions file does not cover the barcodes of the counts.
+    ReadError
+        (a :class:`SpatialDataError`) The counts, the positions or ``scalefactors_json.json``
+        are damaged, truncated or not of their format: the message names the file, the problem
+        and the fix. A damaged tissue image is not an error: a ``UserWarning`` names it and the
+        folder is read without it, as when the image is missing.
     """
     path = Path(path)
     if not path.exists():
@@ -166,7 +217,8 @@ def read_visium(
         raise SpatialDataError(
             f"{int(absent.sum())} of {adata.n_obs} barcodes of {counts_file} are not in "
             f"{spatial_dir.name}/tissue_positions*.csv (e.g. {', '.join(adata.obs_names[absent][:3])}): "
-            "the counts and the spatial folder come from different runs."
+            f"the counts and the spatial folder come from different runs, or the positions file (it lists "
+            f"{len(positions)} barcodes) is incomplete."
         )
     positions = positions.loc[adata.obs_names]
     for col in ("in_tissue", "array_row", "array_col"):
@@ -179,15 +231,22 @@ def read_visium(
         else:
             library_id = (root.parent if root.name == "outs" else root).name
     metadata = {k: _decode(attrs[k]) for k in ("chemistry_description", "software_version") if k in attrs}
-    scalefactors = json.loads((spatial_dir / "scalefactors_json.json").read_text())
+    scalefactors = _read_scalefactors(spatial_dir / "scalefactors_json.json")
     entry: dict = {"images": {}, "scalefactors": scalefactors, "metadata": metadata}
     if load_images:
+        damaged = []
         for key, name in IMAGE_FILES.items():
             if (spatial_dir / name).is_file():
-                entry["images"][key] = _load_image(spatial_dir / name)
+                img = load_image_or_warn(spatial_dir / name, fix=_FIX.format(name=f"spatial/{name}"))
+                if img is None:
+                    damaged.append(name)
+                else:
+                    entry["images"][key] = img
         if not entry["images"]:
+            what = f"the tissue images there are damaged ({', '.join(damaged)})" if damaged else (
+                f"none of {', '.join(IMAGE_FILES.values())}")
             warnings.warn(
-                f"No tissue image in {spatial_dir} ({', '.join(IMAGE_FILES.values())}): the spots "
+                f"No readable tissue image in {spatial_dir} ({what}): the spots "
                 "can be shown, but without the tissue under them.",
                 UserWarning,
                 stacklevel=2,
