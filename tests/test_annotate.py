@@ -1,4 +1,5 @@
-"""Cell-type annotation (label transfer): the native calibrated ensemble and the logreg baseline.
+"""Cell-type annotation (label transfer): the native calibrated ensemble, the logreg baseline and
+the task contract (threshold option, results side by side, key_added), through the public API.
 
 Synthetic data are generated here with numpy: cell types with marker genes; the query comes
 from another "batch" (gene-specific effects, lower depth) than the reference.
@@ -15,14 +16,23 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from napari_spatialdl._constants import CELL_TYPE_KEY, CONFIDENCE_KEY, UNASSIGNED, UNS_KEY
-from napari_spatialdl.models._train import ProgressEvent, run_to_end
+from napari_spatialdl.models._train import ProgressEvent
 from napari_spatialdl.models.annotation import (
     CellTypeClassifier,
     expected_calibration_error,
     fit_temperature,
 )
-from napari_spatialdl.tasks import InputError
-from napari_spatialdl.tasks.annotate import annotate_logreg, annotate_spatialdl
+from napari_spatialdl.tasks import (
+    InputError,
+    annotate,
+    annotate_iter,
+    get_spec,
+    list_methods,
+    method_parameters,
+)
+
+#: every annotate method whose package is installed (the reference backends only with their extras)
+METHODS = [m.name for m in list_methods("annotate", available_only=True)]
 
 TYPES = ["astro", "endo", "micro", "neuron", "oligo"]
 N_GENES = 60
@@ -93,14 +103,14 @@ def hard():
     """Overlapping types: about 80 % of the query can be labelled right."""
     reference = make_cells(40, seed=1, marker_fold=2.0, spread=0.2)
     query = make_cells(60, seed=2, depth=250.0, batch_sd=0.3, prefix="q", marker_fold=2.0, spread=0.2)
-    result = run_to_end(annotate_spatialdl(query, reference, "cell_type", copy=True))
+    result = annotate(query, reference, "cell_type", copy=True)
     return query, reference, result
 
 
 @pytest.fixture(scope="module")
 def fitted(data):
     query, reference = data
-    return run_to_end(annotate_spatialdl(query, reference, "cell_type", copy=True))
+    return annotate(query, reference, "cell_type", copy=True)
 
 
 # ------------------------------------------------------------------------ accuracy
@@ -150,7 +160,7 @@ def test_threshold_produces_unassigned(hard):
     query, reference, fitted = hard
     conf = fitted.adata.obs[CONFIDENCE_KEY].to_numpy()
     threshold = float(np.quantile(conf, 0.3))
-    res = run_to_end(annotate_spatialdl(query, reference, "cell_type", threshold=threshold, copy=True))
+    res = annotate(query, reference, "cell_type", threshold=threshold, copy=True)
     labels = res.adata.obs[CELL_TYPE_KEY]
     assert UNASSIGNED in labels.cat.categories
     assert list(labels.cat.categories) == sorted(TYPES) + [UNASSIGNED]
@@ -179,13 +189,13 @@ def test_temperature_fit_recovers_known_temperature():
 
 def test_logreg_baseline(data):
     query, reference = data
-    res = run_to_end(annotate_logreg(query, reference, "cell_type", copy=True))
+    res = annotate(query, reference, "cell_type", method="logreg", copy=True)
     assert accuracy(res.adata, query.obs["cell_type"]) > 0.85
     labels, conf = res.adata.obs[CELL_TYPE_KEY], res.adata.obs[CONFIDENCE_KEY]
     assert list(labels.cat.categories) == sorted(TYPES)
     assert ((conf >= 0) & (conf <= 1)).all()
     assert res.adata.uns[UNS_KEY]["annotate"]["method"] == "logreg"
-    res2 = run_to_end(annotate_logreg(query, reference, "cell_type", threshold=0.99, copy=True))
+    res2 = annotate(query, reference, "cell_type", method="logreg", threshold=0.99, copy=True)
     assert (res2.adata.obs[CELL_TYPE_KEY] == UNASSIGNED).any()
 
 
@@ -202,7 +212,7 @@ def test_same_anndata_with_partial_labels(data):
     labels[hidden] = np.nan
     adata.obs["region_label"] = pd.Categorical(labels, categories=TYPES)
     before = adata.obs["region_label"].copy()
-    res = run_to_end(annotate_spatialdl(adata, adata, "region_label"))
+    res = annotate(adata, adata, "region_label")
     assert res.adata is adata
     pd.testing.assert_series_equal(adata.obs["region_label"], before)  # training labels untouched
     assert res.info["n_reference_cells"] == int((~hidden).sum())
@@ -218,7 +228,7 @@ def test_same_anndata_refuses_results_column_as_labels():
     adata.obs[CELL_TYPE_KEY] = adata.obs["cell_type"]
     snap = snapshot(adata)
     with pytest.raises(InputError, match="overwrite the training labels"):
-        run_to_end(annotate_spatialdl(adata, adata, CELL_TYPE_KEY))
+        annotate(adata, adata, CELL_TYPE_KEY)
     assert_unchanged(adata, snap)
 
 
@@ -226,10 +236,10 @@ def test_copy_and_in_place(data):
     query, reference = data
     target = query.copy()
     snap = snapshot(target)
-    res = run_to_end(annotate_spatialdl(target, reference, "cell_type", max_epochs=3, copy=True))
+    res = annotate(target, reference, "cell_type", max_epochs=3, copy=True)
     assert res.adata is not target and CELL_TYPE_KEY in res.adata.obs
     assert_unchanged(target, snap)
-    res2 = run_to_end(annotate_spatialdl(target, reference, "cell_type", max_epochs=3))
+    res2 = annotate(target, reference, "cell_type", max_epochs=3)
     assert res2.adata is target and CELL_TYPE_KEY in target.obs and CONFIDENCE_KEY in target.obs
 
 
@@ -237,7 +247,7 @@ def test_cancel_midway_leaves_adata_unchanged(data):
     query, reference = data
     q, r = query.copy(), reference.copy()
     snaps = snapshot(q), snapshot(r)
-    gen = annotate_spatialdl(q, r, "cell_type", max_epochs=40)
+    gen = annotate_iter(q, r, "cell_type", max_epochs=40)
     events = [next(gen) for _ in range(3)]
     assert all(isinstance(e, ProgressEvent) for e in events)
     gen.close()
@@ -260,8 +270,8 @@ def test_save_load_reproduces_predictions(tmp_path, data, fitted):
 
 def test_seeded_runs_are_reproducible(data):
     query, reference = data
-    a = run_to_end(annotate_spatialdl(query, reference, "cell_type", max_epochs=5, seed=3, copy=True))
-    b = run_to_end(annotate_spatialdl(query, reference, "cell_type", max_epochs=5, seed=3, copy=True))
+    a = annotate(query, reference, "cell_type", max_epochs=5, seed=3, copy=True)
+    b = annotate(query, reference, "cell_type", max_epochs=5, seed=3, copy=True)
     np.testing.assert_allclose(a.adata.obs[CONFIDENCE_KEY], b.adata.obs[CONFIDENCE_KEY], rtol=1e-5)
 
 
@@ -270,7 +280,7 @@ def test_gene_overlap_uses_intersection(data):
     q = AnnData(np.hstack([query.X[:, 10:], np.ones((query.n_obs, 3), np.float32)]), obs=query.obs.copy(),
                 var=pd.DataFrame(index=list(query.var_names[10:]) + ["x1", "x2", "x3"]))
     ref = reference[:, :-5].copy()
-    res = run_to_end(annotate_spatialdl(q, ref, "cell_type", copy=True))
+    res = annotate(q, ref, "cell_type", copy=True)
     n_shared = N_GENES - 15
     assert res.info["n_genes"] == n_shared
     assert f"{n_shared} genes are shared" in res.info["genes_message"]
@@ -283,7 +293,7 @@ def test_sparse_and_layers(data):
     q = query.copy()
     q.layers["counts"] = sp.csr_matrix(q.X)
     q.X = sp.csr_matrix(np.log1p(q.X))
-    res = run_to_end(annotate_spatialdl(q, reference, "cell_type", layer="counts", copy=True))
+    res = annotate(q, reference, "cell_type", layer="counts", copy=True)
     assert accuracy(res.adata, query.obs["cell_type"]) > 0.9
 
 
@@ -292,16 +302,16 @@ def test_sparse_and_layers(data):
 def _bad_cases(query: AnnData, reference: AnnData):
     lognorm = query.copy()
     lognorm.layers["norm"] = np.log1p(lognorm.X)
-    yield (lognorm, reference), {"layer": "norm"}, r"adata\.layers\['norm'\].*non-integer"
+    yield (lognorm, reference), {"layer": "norm"}, r"query\.layers\['norm'\].*non-integer"
     neg = reference.copy()
     neg.X[0, 0] = -2
-    yield (query, neg), {}, "negative values"
+    yield (query, neg), {}, r"reference\.X has negative values"
     nan = query.copy()
     nan.X[0, 1] = np.nan
-    yield (nan, reference), {}, "NaN or infinite"
+    yield (nan, reference), {}, r"query\.X holds 1 NaN or infinite"
     empty = query.copy()
     empty.X[3] = 0
-    yield (empty, reference), {}, "no counts"
+    yield (empty, reference), {}, "observations of query have no counts"
     one = reference.copy()
     one.obs["one"] = "astro"
     yield (query, one), {"labels_key": "one"}, "1 distinct value"
@@ -313,19 +323,22 @@ def _bad_cases(query: AnnData, reference: AnnData):
     labels = rare.obs["cell_type"].astype(str).to_numpy()
     labels[0] = "lonely"
     rare.obs["cell_type"] = pd.Categorical(labels)
-    yield (query, rare), {}, "fewer than 2 labelled"
-    yield (query, reference), {"threshold": 1.5}, "threshold"
+    yield (query, rare), {}, r"fewer than 2 cells.*'lonely' \(1 cell\)"
+    yield (query, reference), {"threshold": 1.5}, r"threshold must be in \[0, 1\).*got 1\.5"
+    yield (query, reference), {"threshold": float("nan")}, r"threshold must be .*got nan"
+    yield (query, reference), {"threshold": -0.1}, r"threshold must be in \[0, 1\)"
+    yield (query, reference), {"threshold": 1.0}, r"threshold must be in \[0, 1\)"
 
 
-@pytest.mark.parametrize("case", range(9))
+@pytest.mark.parametrize("case", range(12))
 def test_bad_input_clear_error_and_adata_unchanged(data, case):
     query, reference = data
     (q, r), kwargs, match = list(_bad_cases(query, reference))[case]
     labels_key = kwargs.pop("labels_key", "cell_type")
     snaps = snapshot(q), snapshot(r)
-    for func in (annotate_spatialdl, annotate_logreg):
+    for method in METHODS:
         with pytest.raises(InputError, match=match):
-            run_to_end(func(q, r, labels_key, **kwargs))
+            annotate(q, r, labels_key, method=method, **kwargs)
         assert_unchanged(q, snaps[0])
         assert_unchanged(r, snaps[1])
 
@@ -343,7 +356,7 @@ def test_real_hippocampus_across_replicates(shared_data):
     rep = adata.obs_names.str.split("_").str[0].str.extract(r"(Rep\d+)", expand=False)
     train = np.asarray(rep.isin(["Rep1", "Rep2", "Rep3", "Rep4"]))
     reference, query = adata[train].copy(), adata[~train].copy()
-    res = run_to_end(annotate_spatialdl(query, reference, "cell_type", copy=True))
+    res = annotate(query, reference, "cell_type", copy=True)
     from sklearn.metrics import f1_score
 
     truth = query.obs["cell_type"].astype(str).to_numpy()
@@ -351,7 +364,7 @@ def test_real_hippocampus_across_replicates(shared_data):
     assert (pred == truth).mean() > 0.75  # chance is ~1/17
     assert f1_score(truth, pred, average="macro") > 0.7
     assert res.info["ece"] < 0.1
-    base = run_to_end(annotate_logreg(query, reference, "cell_type", copy=True))
+    base = annotate(query, reference, "cell_type", method="logreg", copy=True)
     assert (base.adata.obs[CELL_TYPE_KEY].astype(str).to_numpy() == truth).mean() > 0.7
 
 
@@ -367,3 +380,152 @@ def test_public_api_dispatch_and_progress(data):
     base = sdl.annotate(query, reference, "cell_type", method="logreg", copy=True)
     assert base.method == "logreg" and CONFIDENCE_KEY in base.adata.obs
     assert CELL_TYPE_KEY not in query.obs
+
+
+# ------------------------------------------------------------------- the task contract
+
+def test_spec_threshold_is_a_task_option_not_a_method_parameter():
+    spec = get_spec("annotate")
+    assert [i.name for i in spec.inputs] == ["query", "reference", "labels_key", "layer", "reference_layer"]
+    assert [(o.name, o.default) for o in spec.options] == [("threshold", 0.0)]
+    assert [(o.slot, o.key) for o in spec.outputs] == [("obs", CELL_TYPE_KEY), ("obs", CONFIDENCE_KEY)]
+    native = {p.name: p.default for p in method_parameters("annotate", "spatialdl")}
+    assert native == {"n_hidden": 128, "n_members": 5, "min_depth_fraction": 0.2, "max_epochs": 60, "lr": 3e-3}
+    assert {p.name for p in method_parameters("annotate", "logreg")} == {"C"}
+    assert all(p.doc for p in method_parameters("annotate", "spatialdl"))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), 1.5, None, "high", True])
+def test_threshold_refused_for_every_method(data, bad):
+    query, reference = data
+    q = query.copy()
+    snap = snapshot(q)
+    for method in METHODS:
+        with pytest.raises(InputError, match=r"threshold must be"):
+            annotate(q, reference, "cell_type", method=method, threshold=bad)
+        assert_unchanged(q, snap)
+
+
+def test_unknown_parameter_names_the_valid_ones(data):
+    query, reference = data
+    with pytest.raises(InputError, match=r"no parameter 'C'.*n_hidden.*threshold"):
+        annotate(query, reference, "cell_type", method="spatialdl", C=2.0)
+
+
+def test_all_unassigned_reports_the_highest_confidence(hard):
+    query, reference, fitted = hard
+    conf = fitted.adata.obs[CONFIDENCE_KEY].to_numpy()
+    top = fitted.info["max_confidence"]
+    assert top == pytest.approx(float(conf.max()), rel=1e-6)
+    assert fitted.info["n_unassigned"] == 0 and "unassigned_message" not in fitted.info
+    assert top < 1.0  # overlapping types: no cell is certain
+    threshold = (top + 1.0) / 2
+    res = annotate(query, reference, "cell_type", threshold=threshold, copy=True)  # same seed: same model
+    labels = res.adata.obs[CELL_TYPE_KEY]
+    assert (labels == UNASSIGNED).all()
+    assert list(labels.cat.categories) == sorted(TYPES) + [UNASSIGNED]
+    np.testing.assert_array_equal(res.adata.obs[CONFIDENCE_KEY].to_numpy(), conf)
+    assert res.info["n_unassigned"] == query.n_obs
+    assert res.info["max_confidence"] == pytest.approx(top)
+    assert f"threshold={threshold:g}" in res.info["unassigned_message"]
+    assert f"{top:.3g}" in res.info["unassigned_message"]
+    meta = res.adata.uns[UNS_KEY]["annotate"]
+    assert meta["max_confidence"] == pytest.approx(top) and meta["n_unassigned"] == query.n_obs
+    assert meta["params"]["threshold"] == pytest.approx(threshold)
+
+
+def test_second_method_goes_beside_the_first(data):
+    query, reference = data
+    q = query.copy()
+    first = annotate(q, reference, "cell_type", max_epochs=5)
+    kept = q.obs[[CELL_TYPE_KEY, CONFIDENCE_KEY]].copy()
+    second = annotate(q, reference, "cell_type", method="logreg")
+    beside = (f"{CELL_TYPE_KEY}_logreg", f"{CONFIDENCE_KEY}_logreg")
+    assert second.keys == {"obs": beside[0], "obs_confidence": beside[1]}
+    assert first.keys == {"obs": CELL_TYPE_KEY, "obs_confidence": CONFIDENCE_KEY}
+    pd.testing.assert_frame_equal(q.obs[[CELL_TYPE_KEY, CONFIDENCE_KEY]], kept)  # first result kept
+    assert isinstance(q.obs[beside[0]].dtype, pd.CategoricalDtype)
+    assert accuracy_of(q.obs[beside[0]], query.obs["cell_type"]) > 0.85
+    uns = q.uns[UNS_KEY]
+    assert uns["annotate"]["method"] == "spatialdl" and uns[beside[0]]["method"] == "logreg"
+    # the same method again replaces its own result
+    annotate(q, reference, "cell_type", method="logreg", C=0.5)
+    assert q.uns[UNS_KEY][beside[0]]["params"]["C"] == 0.5
+    assert not any(c.endswith("_logreg_logreg") for c in q.obs.columns)
+
+
+def test_key_added(data):
+    query, reference = data
+    q = query.copy()
+    res = annotate(q, reference, "cell_type", method="logreg", key_added="my_types")
+    assert res.keys == {"obs": "my_types", "obs_confidence": "my_types_confidence"}
+    assert CELL_TYPE_KEY not in q.obs and CONFIDENCE_KEY not in q.obs
+    assert isinstance(q.obs["my_types"].dtype, pd.CategoricalDtype)
+    assert q.obs["my_types_confidence"].dtype == np.float32
+    meta = q.uns[UNS_KEY]["my_types"]
+    assert meta["method"] == "logreg" and meta["params"]["key_added"] == "my_types"
+    with pytest.raises(InputError, match="key_added must be a non-empty string"):
+        annotate(q, reference, "cell_type", method="logreg", key_added="  ")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_query_is_reference_with_nan_labels_every_method(method):
+    """Labels on some spots, NaN on the others: every method trains on the labelled ones only."""
+    if method == "scanvi":
+        pytest.skip("scANVI is tested with its backend")
+    adata = make_cells(30, seed=5)
+    truth = adata.obs["cell_type"].astype(str).to_numpy()
+    labels = truth.astype(object)
+    hidden = np.random.default_rng(1).random(len(labels)) < 0.5
+    labels[hidden] = np.nan
+    adata.obs["region_label"] = pd.Categorical(labels, categories=TYPES)
+    before = adata.obs["region_label"].copy()
+    res = annotate(adata, adata, "region_label", method=method)
+    assert res.adata is adata and res.method == method
+    pd.testing.assert_series_equal(adata.obs["region_label"], before)
+    assert res.info["n_reference_cells"] == int((~hidden).sum())
+    assert res.info["n_unlabelled_reference_cells"] == int(hidden.sum())
+    assert res.info["same_object"] is True
+    pred = adata.obs[CELL_TYPE_KEY].astype(str).to_numpy()
+    assert adata.obs[CELL_TYPE_KEY].notna().all()
+    assert (pred[hidden] == truth[hidden]).mean() > 0.85
+
+
+def test_celltypist_backend(data):
+    pytest.importorskip("celltypist")
+    query, reference = data
+    snaps = snapshot(query), snapshot(reference)
+    res = annotate(query, reference, "cell_type", method="celltypist", copy=True)
+    assert_unchanged(query, snaps[0])
+    assert_unchanged(reference, snaps[1])
+    assert accuracy(res.adata, query.obs["cell_type"]) > 0.85
+    assert list(res.adata.obs[CELL_TYPE_KEY].cat.categories) == sorted(TYPES)
+    assert res.adata.uns[UNS_KEY]["annotate"]["method"] == "celltypist"
+    assert res.info["n_genes"] == N_GENES and "celltypist" in res.info["versions_backend"]
+    strict = annotate(query, reference, "cell_type", method="celltypist", threshold=0.9, copy=True)
+    low = strict.adata.obs[CONFIDENCE_KEY].to_numpy() < 0.9
+    assert ((strict.adata.obs[CELL_TYPE_KEY] == UNASSIGNED).to_numpy() == low).all()
+    assert strict.info["n_unassigned"] == int(low.sum())
+
+
+def accuracy_of(labels: pd.Series, truth: pd.Series) -> float:
+    return float((labels.astype(str).to_numpy() == truth.astype(str).to_numpy()).mean())
+
+
+def test_same_anndata_single_labelled_cell_suggests_removing_the_label():
+    adata = make_cells(10, seed=7)
+    labels = np.full(adata.n_obs, np.nan, dtype=object)
+    labels[:10] = "astro"
+    labels[10:20] = "endo"
+    labels[20] = "micro"
+    adata.obs["region"] = pd.Categorical(labels)
+    snap = snapshot(adata)
+    with pytest.raises(InputError, match=r"'micro' \(1 cell\).*remove their label instead") as err:
+        annotate(adata, adata, "region", method="logreg")
+    assert_unchanged(adata, snap)
+    # the suggested fix works as written: the cell is predicted instead of refused
+    fix = str(err.value).split("instead (", 1)[1].split("): cells", 1)[0]
+    exec(fix, {"reference": adata})
+    res = annotate(adata, adata, "region", method="spatialdl", max_epochs=2)
+    assert res.info["n_unlabelled_reference_cells"] == adata.n_obs - 20
+    assert res.info["cell_types"] == ["astro", "endo"] and adata.obs[CELL_TYPE_KEY].notna().all()

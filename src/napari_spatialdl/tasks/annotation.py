@@ -1,9 +1,11 @@
 """Cell-type annotation (label transfer) from a labelled reference to a query.
 
-Methods: ``spatialdl`` (the native calibrated MLP ensemble,
-:mod:`napari_spatialdl.models.annotation`) and ``logreg`` (a baseline: logistic regression on
-log-normalised expression). Both write ``query.obs['spatialdl_cell_type']`` (categorical),
-``query.obs['spatialdl_confidence']`` (in [0, 1]) and ``query.uns['spatialdl']['annotate']``.
+The task's spec (inputs, the ``threshold`` option, outputs), its one ``prepare`` and its one
+``write`` live here; the methods only compute class probabilities. Methods: ``spatialdl`` (the
+native calibrated MLP ensemble, :mod:`napari_spatialdl.models.annotation`) and ``logreg`` (a
+baseline: logistic regression on log-normalised expression); the reference backends (scANVI,
+CellTypist) are in :mod:`.backends`. Every method writes ``query.obs['spatialdl_cell_type']``
+(categorical), ``query.obs['spatialdl_confidence']`` (in [0, 1]) and the run metadata.
 
 The query and the reference may be the same AnnData (e.g. labels drawn by hand on some spots):
 cells whose label is missing (NaN) are not used for training, and every cell is predicted.
@@ -11,56 +13,167 @@ cells whose label is missing (NaN) are not used for training, and every cell is 
 
 from __future__ import annotations
 
-import time
+import numbers
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from anndata import AnnData
 
 from .._constants import CELL_TYPE_KEY, CONFIDENCE_KEY, UNASSIGNED
-from ..models._train import ProgressEvent, TrainingHistory
+from ..models import ProgressEvent
 from ..models.annotation import CellTypeClassifier, expected_calibration_error
-from ._base import TaskResult, target, write_run_metadata
+from ..preprocessing import TARGET_SUM, log_normalize
+from . import _validate as V
 from ._registry import register
-from ._validate import InputError, check_obs_key, get_counts, row_sums, shared_genes, subset_counts
+from ._spec import (
+    DATA,
+    LABELS,
+    LAYER,
+    REFERENCE,
+    Input,
+    MethodOutput,
+    Output,
+    Param,
+    Prepared,
+    TaskSpec,
+    register_spec,
+)
+from ._validate import InputError, row_sums, subset_counts
 
-TaskGen = Generator[ProgressEvent, None, TaskResult]
+__all__ = [
+    "MIN_CELLS_PER_TYPE",
+    "SPEC",
+    "UNASSIGNED",
+    "AnnotationInputs",
+    "AnnotationOutput",
+    "annotate_logreg",
+    "annotate_spatialdl",
+    "check_threshold",
+    "prepare",
+    "write",
+]
 
-#: fewest labelled reference cells per type the classifiers accept
+#: fewest labelled reference cells per cell type (the same rule as deconvolution)
 MIN_CELLS_PER_TYPE = 2
 
 
-@dataclass
-class _Inputs:
-    query_counts: Any  # query cells x shared genes
-    ref_counts: Any  # labelled reference cells x shared genes
-    ref_labels: np.ndarray
-    classes: list[str]
-    genes: pd.Index
-    n_unlabelled: int
-    n_ref_dropped: int
-    n_query_empty: int
-    same_object: bool
+def check_threshold(threshold: Any) -> float:
+    """``threshold`` as a float in [0, 1), or an InputError that says why (NaN is refused).
 
-
-def _check_threshold(threshold: float) -> None:
-    if not (np.isfinite(threshold) and 0.0 <= threshold < 1.0):
-        raise InputError(f"threshold must be in [0, 1) (0: every cell gets a label), got {threshold}.")
-
-
-def prepare_annotation(query: AnnData, reference: AnnData, labels_key: str, layer: str | None,
-                       reference_layer: str | None, what: str = "annotation") -> _Inputs:
-    """Check the inputs of an annotation method; cut both datasets to the shared genes.
-
-    Reference cells without a label (NaN) are left out of training, and so are reference
-    cells with no count in the shared genes. Nothing is written to the AnnDatas.
+    The one rule for annotate's ``threshold`` option, whatever the method.
     """
-    if not isinstance(query, AnnData) or not isinstance(reference, AnnData):
-        raise InputError("query and reference must both be AnnData objects.")
+    fix = ("0 gives every cell a label; e.g. 0.5 leaves the cells whose confidence is below 0.5 "
+           f"{UNASSIGNED!r}")
+    if isinstance(threshold, bool | np.bool_) or not isinstance(threshold, numbers.Real | str):
+        raise InputError(f"threshold must be a number in [0, 1) ({fix}), got {threshold!r}.")
+    try:
+        value = float(threshold)
+    except ValueError:
+        raise InputError(f"threshold must be a number in [0, 1) ({fix}), got {threshold!r}.") from None
+    if not (np.isfinite(value) and 0.0 <= value < 1.0):
+        raise InputError(f"threshold must be in [0, 1) ({fix}), got {threshold!r}.")
+    return value
+
+
+@dataclass
+class AnnotationInputs(Prepared):
+    """Query and labelled reference cut to the shared genes (what every annotation method gets).
+
+    ``data`` is the query. ``ref_counts``/``ref_labels`` hold only the reference cells that have a
+    label and counts in the shared genes; ``classes`` are their cell types, sorted.
+    """
+
+    reference: AnnData | None = None
+    query_counts: Any = None  # query cells x shared genes (CSR stays CSR)
+    ref_counts: Any = None  # labelled reference cells x shared genes
+    ref_labels: np.ndarray = field(default_factory=lambda: np.array([], dtype=object))
+    classes: list[str] = field(default_factory=list)
+    genes: pd.Index = field(default_factory=pd.Index)
+    labels_key: str = ""
+    threshold: float = 0.0
+    n_unlabelled: int = 0  # reference cells without a label (not used for training)
+    n_ref_dropped: int = 0  # labelled reference cells without counts in the shared genes
+    n_query_empty: int = 0  # query cells without counts in the shared genes
+    same_object: bool = False
+    layer: str | None = None
+    reference_layer: str | None = None
+
+    @property
+    def query(self) -> AnnData:
+        """The AnnData to label (the same object as ``data``)."""
+        return self.data
+
+    def log_normalized(self, target_sum: float = TARGET_SUM, dtype: type = np.float32) -> tuple[Any, Any]:
+        """(reference, query) counts as ``log1p(counts / library * target_sum)`` (CSR stays CSR)."""
+        return (log_normalize(self.ref_counts, target_sum, dtype=dtype),
+                log_normalize(self.query_counts, target_sum, dtype=dtype))
+
+    def gene_info(self) -> dict[str, Any]:
+        """What the run metadata says about the genes and cells used."""
+        n = len(self.genes)
+        query, reference = self.data, self.reference
+        info: dict[str, Any] = {
+            "n_genes": n,
+            "n_genes_query": int(query.n_vars),
+            "n_genes_reference": int(reference.n_vars),
+            "genes_message": (f"{n} genes are shared by the query ({query.n_vars} genes) and the reference "
+                              f"({reference.n_vars} genes); the classifier used these {n}."),
+            "cell_types": list(self.classes),
+            "n_reference_cells": int(len(self.ref_labels)),
+            "n_unlabelled_reference_cells": int(self.n_unlabelled),
+            "same_object": bool(self.same_object),
+        }
+        if self.n_ref_dropped:
+            info["n_reference_cells_dropped"] = int(self.n_ref_dropped)
+        if self.n_query_empty:
+            info["n_query_cells_without_shared_counts"] = int(self.n_query_empty)
+        return info
+
+
+@dataclass
+class AnnotationOutput(MethodOutput):
+    """Class probabilities of every query cell, ``(n_query, n_classes)``, columns ``classes``.
+
+    ``classes`` None means the prepared inputs' ``classes`` (in that order). The task's ``write``
+    derives the label (the most probable class, or ``'unassigned'`` below the threshold) and the
+    confidence (that class's probability).
+    """
+
+    probabilities: np.ndarray | None = None
+    classes: list[str] | None = None
+
+    @property
+    def cell_type(self) -> np.ndarray | None:
+        """Index of the most probable class of every cell (before the threshold)."""
+        return None if self.probabilities is None else np.asarray(self.probabilities).argmax(axis=1)
+
+    @property
+    def confidence(self) -> np.ndarray | None:
+        """The highest class probability of every cell."""
+        return None if self.probabilities is None else np.asarray(self.probabilities).max(axis=1)
+
+
+def _counts(adata: AnnData, layer: str | None, name: str, layer_arg: str, method: Any):
+    if method.counts:
+        return V.get_counts(adata, layer, what=f"the {method.name} annotation", obj=name, layer_arg=layer_arg)
+    return V.get_matrix(adata, layer, obj=name, layer_arg=layer_arg)
+
+
+def prepare(inputs: dict[str, Any], *, method: Any, device: Any, seed: int,
+            threshold: Any = 0.0) -> AnnotationInputs:
+    """Check the inputs once and cut both datasets to the shared genes (nothing is written).
+
+    Reference cells without a label (NaN) are left out of training, and so are reference cells
+    with no count in the shared genes; every cell type needs at least ``MIN_CELLS_PER_TYPE``
+    of the cells left. The query may be the reference itself.
+    """
+    threshold = check_threshold(threshold)
+    query, reference = inputs["query"], inputs["reference"]
+    labels_key = inputs["labels_key"]
+    layer, reference_layer = inputs.get("layer"), inputs.get("reference_layer")
     same = query is reference
     if same and labels_key in (CELL_TYPE_KEY, CONFIDENCE_KEY):
         raise InputError(
@@ -68,109 +181,146 @@ def prepare_annotation(query: AnnData, reference: AnnData, labels_key: str, laye
             f"and reference they would overwrite the training labels. Copy the labels to another column "
             f"first, e.g. adata.obs['labels'] = adata.obs[{labels_key!r}], and pass labels_key='labels'."
         )
-    labels = check_obs_key(reference, labels_key, "labels_key", allow_missing_values=True)
-    labelled = labels.notna().to_numpy()
-    q_X = get_counts(query, layer, what=what)
-    r_X = q_X if same and reference_layer == layer else get_counts(reference, reference_layer, what=what)
-    genes = shared_genes(query, reference, names=("query", "reference"))
-    q_cols = query.var_names.get_indexer(genes)
-    r_cols = reference.var_names.get_indexer(genes)
-    ref_counts = subset_counts(r_X, r_cols, np.flatnonzero(labelled))
-    ref_labels = labels[labelled].astype(str).to_numpy()
+    labels = V.check_obs_column(reference, labels_key, argument="labels_key", kind="labels",
+                                obj="reference", allow_missing_values=True)
+    labelled = pd.Series(labels).notna().to_numpy()
+    q_X = _counts(query, layer, "query", "layer", method)
+    if same and reference_layer == layer:
+        r_X = q_X
+    else:
+        r_X = _counts(reference, reference_layer, "reference", "reference_layer", method)
+    genes = V.shared_genes(query, reference, names=("query", "reference"))
+    ref_counts = subset_counts(r_X, reference.var_names.get_indexer(genes), np.flatnonzero(labelled))
+    ref_labels = pd.Series(labels)[labelled].astype(str).to_numpy()
     has_counts = row_sums(ref_counts) > 0
     n_dropped = int((~has_counts).sum())
     if n_dropped:
         ref_counts, ref_labels = ref_counts[has_counts], ref_labels[has_counts]
-    classes, n_per = np.unique(ref_labels, return_counts=True)
-    if len(classes) < 2:
-        raise InputError(
-            f"Only {len(classes)} cell type is left in reference.obs[{labels_key!r}] among the "
-            f"{len(ref_labels)} labelled cells with counts in the {len(genes)} shared genes: "
-            "label transfer needs at least 2 types."
-        )
-    few = classes[n_per < MIN_CELLS_PER_TYPE]
-    if len(few):
-        raise InputError(
-            f"Cell type(s) {list(few)[:5]} have fewer than {MIN_CELLS_PER_TYPE} labelled reference cells: "
-            f"label more cells of these types, or remove/merge them in reference.obs[{labels_key!r}]."
-        )
-    query_counts = subset_counts(q_X, q_cols)
-    n_empty = int((row_sums(query_counts) == 0).sum())
-    return _Inputs(query_counts, ref_counts, ref_labels, [str(c) for c in classes], genes,
-                   int((~labelled).sum()), n_dropped, n_empty, same)
+    try:
+        per_type = V.check_cell_types(ref_labels, labels_key=labels_key, obj="reference",
+                                      min_cells=MIN_CELLS_PER_TYPE,
+                                      context=f"with counts in the {len(genes)} shared genes")
+    except InputError as err:
+        counts = pd.Series(ref_labels).value_counts()
+        few = sorted(map(str, counts.index[counts < MIN_CELLS_PER_TYPE]))
+        if not same or not few:
+            raise
+        column = f"reference.obs[{labels_key!r}]"
+        raise InputError(  # dropping the cells would also drop them from the query
+            f"{err} The query is the reference here: to keep those cells in the result, remove their "
+            f"label instead ({column} = {column}.where(~{column}.isin({few[:8]!r}))): cells without a "
+            f"label are predicted, not used for training.") from None
+    query_counts = subset_counts(q_X, query.var_names.get_indexer(genes))
+    prepared = AnnotationInputs(
+        data=query, device=device, seed=seed, reference=reference, query_counts=query_counts,
+        ref_counts=ref_counts, ref_labels=ref_labels, classes=[str(c) for c in per_type.index],
+        genes=genes, labels_key=labels_key, threshold=threshold,
+        n_unlabelled=int((~labelled).sum()), n_ref_dropped=n_dropped,
+        n_query_empty=int((row_sums(query_counts) == 0).sum()), same_object=same,
+        layer=layer, reference_layer=reference_layer)
+    prepared.info.update(prepared.gene_info())
+    return prepared
 
 
-def _info(inputs: _Inputs, query: AnnData, reference: AnnData) -> dict[str, Any]:
-    n = len(inputs.genes)
-    info: dict[str, Any] = {
-        "n_genes": n,
-        "n_genes_query": int(query.n_vars),
-        "n_genes_reference": int(reference.n_vars),
-        "genes_message": (f"{n} genes are shared by the query ({query.n_vars} genes) and the reference "
-                          f"({reference.n_vars} genes); the classifier used these {n}."),
-        "cell_types": list(inputs.classes),
-        "n_reference_cells": int(len(inputs.ref_labels)),
-        "n_unlabelled_reference_cells": inputs.n_unlabelled,
-        "same_object": inputs.same_object,
-    }
-    if inputs.n_ref_dropped:
-        info["n_reference_cells_dropped"] = inputs.n_ref_dropped
-    if inputs.n_query_empty:
-        info["n_query_cells_without_shared_counts"] = inputs.n_query_empty
-    return info
+def _probabilities(prepared: AnnotationInputs, output: AnnotationOutput) -> np.ndarray:
+    """The method's probabilities as (n_query, n_classes) float64, columns in ``prepared.classes``."""
+    P = np.asarray(output.probabilities, dtype=np.float64)
+    classes = prepared.classes if output.classes is None else [str(c) for c in output.classes]
+    n = prepared.data.n_obs
+    if P.ndim != 2 or P.shape != (n, len(classes)):
+        raise ValueError(f"The annotation method returned probabilities of shape {P.shape}; expected "
+                         f"({n}, {len(classes)}) (query cells x classes).")
+    unknown = sorted(set(classes) - set(prepared.classes))
+    if unknown:
+        raise ValueError(f"The annotation method returned classes {unknown[:5]} that are not cell types "
+                         f"of the reference ({', '.join(prepared.classes)}).")
+    if not np.isfinite(P).all():
+        raise ValueError("The annotation method returned NaN or infinite probabilities.")
+    if classes != prepared.classes:
+        P = pd.DataFrame(P, columns=classes).reindex(columns=prepared.classes, fill_value=0.0).to_numpy()
+    return P
 
 
-def _finish(query: AnnData, copy: bool, method: str, probs: np.ndarray, classes: list[str],
-            threshold: float, params: dict[str, Any], history: TrainingHistory | None,
-            seconds: float, model: Any, info: dict[str, Any]) -> TaskResult:
-    best = probs.argmax(axis=1)
-    confidence = np.clip(probs[np.arange(len(probs)), best], 0.0, 1.0)
-    labels = np.asarray(classes, dtype=object)[best]
-    low = confidence < threshold
+def write(out: AnnData, prepared: AnnotationInputs, output: AnnotationOutput, keys: dict[str, str]) -> None:
+    """Label and confidence of every cell in ``obs``; ``'unassigned'`` below the threshold.
+
+    The label is the most probable class (categorical; the categories are the reference's cell
+    types, plus ``'unassigned'`` when a cell got it), the confidence its probability (float32).
+    ``output.info`` gets ``n_unassigned`` and ``max_confidence`` (the highest confidence of any
+    cell: when every cell is unassigned, the threshold is above it), and a message when every
+    cell is unassigned.
+    """
+    P = _probabilities(prepared, output)
+    best = P.argmax(axis=1)
+    confidence = np.clip(P[np.arange(len(P)), best], 0.0, 1.0)
+    labels = np.asarray(prepared.classes, dtype=object)[best]
+    low = confidence < prepared.threshold
     labels[low] = UNASSIGNED
-    categories = list(classes) + ([UNASSIGNED] if low.any() else [])
-    info = dict(info, n_unassigned=int(low.sum()))
-    out = target(query, copy)
-    out.obs[CELL_TYPE_KEY] = pd.Categorical(labels, categories=categories)
-    out.obs[CONFIDENCE_KEY] = confidence.astype(np.float32)
-    write_run_metadata(out, "annotate", method, params, history, seconds=seconds, **info)
-    return TaskResult("annotate", method, out, keys={"obs": CELL_TYPE_KEY, "obs_confidence": CONFIDENCE_KEY},
-                      model=model, history=history, info=info)
+    categories = list(prepared.classes) + ([UNASSIGNED] if low.any() else [])
+    n_low, top = int(low.sum()), float(confidence.max())
+    output.info.update(n_unassigned=n_low, max_confidence=top)
+    if n_low and n_low == len(low):
+        output.info["unassigned_message"] = (
+            f"Every cell is {UNASSIGNED!r}: threshold={prepared.threshold:g} is above the highest "
+            f"confidence reached ({top:.3g}). Lower the threshold (0 gives every cell a label).")
+    cell_type = pd.Categorical(labels, categories=categories)
+    out.obs[keys["cell_type"]] = cell_type
+    out.obs[keys["confidence"]] = confidence.astype(np.float32)
+
+
+SPEC = register_spec(TaskSpec(
+    name="annotate",
+    title="Annotate cell types",
+    doc="Transfer cell-type labels from a labelled reference to every cell or spot, with a confidence.",
+    inputs=(
+        Input("query", DATA, doc="the cells or spots to label, with raw counts"),
+        Input("reference", REFERENCE,
+              doc="labelled cells with raw counts (may be the query itself, labelled on some cells)"),
+        Input("labels_key", LABELS, of="reference",
+              doc="reference.obs column with the cell types (cells without a label are not used for training)"),
+        Input("layer", LAYER, of="query", required=False, doc="layer of query with the raw counts (None: X)"),
+        Input("reference_layer", LAYER, of="reference", required=False,
+              doc="layer of reference with the raw counts (None: X)"),
+    ),
+    outputs=(
+        Output("cell_type", "obs", CELL_TYPE_KEY,
+               doc=f"predicted cell type (categorical; {UNASSIGNED!r} below the threshold)"),
+        Output("confidence", "obs", CONFIDENCE_KEY, suffix="_confidence",
+               doc="probability of the predicted cell type, in [0, 1]"),
+    ),
+    prepare=prepare,
+    write=write,
+    options=(
+        Param("threshold", float, 0.0,
+              f"Cells whose confidence is below this become {UNASSIGNED!r} (0: every cell gets a label)."),
+    ),
+))
+
+TaskGen = Generator[ProgressEvent, None, AnnotationOutput]
 
 
 @register("annotate", "spatialdl", native=True,
+          label="Calibrated neural-network ensemble (recommended)",
           description="Native calibrated MLP ensemble on log-normalised expression (label transfer)")
-def annotate_spatialdl(query: AnnData, reference: AnnData, labels_key: str, *,
-                       layer: str | None = None, reference_layer: str | None = None,
-                       threshold: float = 0.0, n_hidden: int = 128, n_members: int = 5,
-                       min_depth_fraction: float = 0.2, max_epochs: int = 60, lr: float = 3e-3,
-                       device: str = "auto", seed: int = 0, copy: bool = False) -> TaskGen:
+def annotate_spatialdl(data: AnnotationInputs, *, n_hidden: int = 128, n_members: int = 5,
+                       min_depth_fraction: float = 0.2, max_epochs: int = 60, lr: float = 3e-3) -> TaskGen:
     """Transfer cell-type labels from a reference to a query with a calibrated classifier.
 
     An ensemble of small neural networks on log-normalised (to the reference's median depth),
     per-gene standardised expression of the shared genes, trained with depth augmentation
-    (binomial thinning) and dropout so that it holds up across batches and technologies. The confidence (highest class probability) is
-    calibrated by temperature scaling on out-of-fold predictions of the reference.
+    (binomial thinning) and dropout so that it holds up across batches and technologies. The
+    confidence (highest class probability) is calibrated by temperature scaling on out-of-fold
+    predictions of the reference.
 
     Parameters
     ----------
-    query
-        Cells or spots to label, raw counts (in ``X`` or ``layer``). May be the same AnnData as
-        ``reference``.
-    reference
-        Labelled cells, raw counts; cells whose label is missing (NaN) are not used for training.
-    labels_key
-        ``reference.obs`` column with the cell types.
-    layer
-        Layer of ``query`` with the raw counts (None: ``X``).
-    reference_layer
-        Layer of ``reference`` with the raw counts (None: ``X``).
-    threshold
-        Cells whose confidence is below this become ``'unassigned'`` (0: every cell gets a label).
+    data
+        The prepared query and reference (see :func:`napari_spatialdl.annotate`).
     n_hidden
         Hidden units of each network.
     n_members
-        Networks in the ensemble (also the number of folds used for calibration).
+        Networks in the ensemble (also the number of folds used for calibration); fewer when a
+        cell type has fewer labelled cells than this.
     min_depth_fraction
         Training thins each cell to a random fraction of its depth between this and 1
         (robustness to shallower data; 1 disables it).
@@ -178,63 +328,40 @@ def annotate_spatialdl(query: AnnData, reference: AnnData, labels_key: str, *,
         Most passes over the reference (stops earlier when the out-of-fold loss stops improving).
     lr
         Adam learning rate.
-    device
-        ``'auto'``, ``'cpu'``, ``'cuda'`` or ``'mps'``.
-    seed
-        Random seed.
-    copy
-        Return a new AnnData instead of writing into ``query``.
 
     Returns
     -------
-    TaskResult
-        ``obs['spatialdl_cell_type']`` and ``obs['spatialdl_confidence']``; ``info`` holds the
-        expected calibration error (ECE) of the out-of-fold reference predictions.
+    AnnotationOutput
+        Calibrated class probabilities; ``info`` holds the expected calibration error (ECE) of
+        the out-of-fold reference predictions.
     """
-    _check_threshold(threshold)
     for name, value, least in (("n_hidden", n_hidden, 1), ("n_members", n_members, 2),
                                ("max_epochs", max_epochs, 1)):
-        if int(value) < least:
+        if value < least:
             raise InputError(f"{name} must be at least {least}, got {value}.")
     if not 0.0 < min_depth_fraction <= 1.0:
         raise InputError(f"min_depth_fraction must be in (0, 1], got {min_depth_fraction}.")
     if not lr > 0:
         raise InputError(f"lr must be positive, got {lr}.")
-    inputs = prepare_annotation(query, reference, labels_key, layer, reference_layer)
-    counts_per = np.unique(inputs.ref_labels, return_counts=True)[1]
-    if counts_per.min() < int(n_members):
-        # cross-fitting needs a cell of each type outside every fold
-        n_members = max(2, int(counts_per.min()))
-    start = time.perf_counter()
-    model = CellTypeClassifier(list(inputs.genes), inputs.classes, n_hidden=n_hidden, n_members=n_members,
+    fewest = int(np.unique(data.ref_labels, return_counts=True)[1].min())
+    used_members = n_members if fewest >= n_members else max(2, fewest)  # a cell of each type outside every fold
+    model = CellTypeClassifier(list(data.genes), data.classes, n_hidden=n_hidden, n_members=used_members,
                                min_depth_fraction=min_depth_fraction)
-    history = yield from model.fit(inputs.ref_counts, inputs.ref_labels, max_epochs=int(max_epochs),
-                                   lr=float(lr), device=device, seed=seed)
-    probs = model.predict_proba(inputs.query_counts)
-    seconds = time.perf_counter() - start
-    params = dict(labels_key=labels_key, layer=layer, reference_layer=reference_layer,
-                  threshold=float(threshold), n_hidden=int(n_hidden), n_members=int(n_members),
-                  min_depth_fraction=float(min_depth_fraction), max_epochs=int(max_epochs), lr=float(lr),
-                  device=device, seed=seed)
-    info = _info(inputs, query, reference)
-    info.update(device=history.device, temperature=model.extra["temperature"],
-                ece=model.extra["ece_after"], ece_uncalibrated=model.extra["ece_before"],
-                reference_oof_accuracy=model.extra["oof_accuracy"])
-    return _finish(query, copy, "spatialdl", probs, inputs.classes, threshold, params, history,
-                   seconds, model, info)
+    history = yield from model.fit(data.ref_counts, data.ref_labels, max_epochs=max_epochs, lr=lr,
+                                   device=data.device, seed=data.seed)
+    probs = model.predict_proba(data.query_counts)
+    info: dict[str, Any] = dict(device=history.device, temperature=model.extra["temperature"],
+                                ece=model.extra["ece_after"], ece_uncalibrated=model.extra["ece_before"],
+                                reference_oof_accuracy=model.extra["oof_accuracy"])
+    if used_members != n_members:
+        info["n_members_used"] = used_members
+    return AnnotationOutput(probabilities=probs, classes=list(model.classes), model=model, history=history,
+                            info=info)
 
 
-def _log_normalise(X: Any) -> np.ndarray:
-    X = X.toarray() if sp.issparse(X) else np.asarray(X)
-    X = np.asarray(X, dtype=np.float64)
-    lib = np.maximum(X.sum(axis=1, keepdims=True), 1.0)
-    return np.log1p(X / lib * 1e4)
-
-
-@register("annotate", "logreg", description="Baseline: logistic regression on log-normalised expression")
-def annotate_logreg(query: AnnData, reference: AnnData, labels_key: str, *,
-                    layer: str | None = None, reference_layer: str | None = None,
-                    threshold: float = 0.0, C: float = 1.0, seed: int = 0, copy: bool = False) -> TaskGen:
+@register("annotate", "logreg", label="Logistic regression (quick baseline)",
+          description="Baseline: logistic regression on log-normalised expression")
+def annotate_logreg(data: AnnotationInputs, *, C: float = 1.0) -> TaskGen:
     """Baseline label transfer: multinomial logistic regression (scikit-learn) on log-normalised data.
 
     Both datasets are normalised to 10,000 counts per cell and log1p-transformed on the shared
@@ -242,44 +369,23 @@ def annotate_logreg(query: AnnData, reference: AnnData, labels_key: str, *,
 
     Parameters
     ----------
-    query
-        Cells or spots to label, raw counts. May be the same AnnData as ``reference``.
-    reference
-        Labelled cells, raw counts; cells whose label is missing are not used for training.
-    labels_key
-        ``reference.obs`` column with the cell types.
-    layer
-        Layer of ``query`` with the raw counts (None: ``X``).
-    reference_layer
-        Layer of ``reference`` with the raw counts (None: ``X``).
-    threshold
-        Cells whose confidence is below this become ``'unassigned'``.
+    data
+        The prepared query and reference (see :func:`napari_spatialdl.annotate`).
     C
         Inverse L2 regularisation strength.
-    seed
-        Random seed.
-    copy
-        Return a new AnnData instead of writing into ``query``.
     """
-    _check_threshold(threshold)
     if not C > 0:
         raise InputError(f"C must be positive, got {C}.")
-    inputs = prepare_annotation(query, reference, labels_key, layer, reference_layer, what="logistic regression")
     from sklearn.linear_model import LogisticRegression
 
-    start = time.perf_counter()
     yield ProgressEvent(0, 1, 0, message="fitting logistic regression", stage="logreg")
-    clf = LogisticRegression(C=C, max_iter=1000, random_state=seed)
-    Xr = _log_normalise(inputs.ref_counts)
-    clf.fit(Xr, inputs.ref_labels)
-    order = [list(clf.classes_).index(c) for c in inputs.classes]
-    probs = clf.predict_proba(_log_normalise(inputs.query_counts))[:, order]
-    seconds = time.perf_counter() - start
-    yield ProgressEvent(1, 1, 1, message="done", stage="logreg", elapsed=seconds)
-    params = dict(labels_key=labels_key, layer=layer, reference_layer=reference_layer,
-                  threshold=float(threshold), C=float(C), seed=seed)
-    info = _info(inputs, query, reference)
+    Xr, Xq = data.log_normalized(dtype=np.float64)
+    clf = LogisticRegression(C=C, max_iter=1000, random_state=data.seed)
+    clf.fit(Xr, data.ref_labels)
+    order = [list(clf.classes_).index(c) for c in data.classes]
+    probs = clf.predict_proba(Xq)[:, order]
     ref_probs = clf.predict_proba(Xr)[:, order]
-    codes = np.searchsorted(np.asarray(inputs.classes), inputs.ref_labels)
-    info["ece_reference_training"] = expected_calibration_error(ref_probs, codes)
-    return _finish(query, copy, "logreg", probs, inputs.classes, threshold, params, None, seconds, clf, info)
+    codes = np.searchsorted(np.asarray(data.classes), data.ref_labels)
+    yield ProgressEvent(1, 1, 1, message="done", stage="logreg")
+    return AnnotationOutput(probabilities=probs, classes=list(data.classes), model=clf,
+                            info={"ece_reference_training": expected_calibration_error(ref_probs, codes)})
