@@ -15,14 +15,23 @@ import pytest
 import scipy.sparse as sp
 from anndata import AnnData
 
+import napari_spatialdl as sdl
 from napari_spatialdl._constants import ABUNDANCE_KEY, PROPORTIONS_KEY, UNS_KEY
 from napari_spatialdl.models._train import ProgressEvent, run_to_end
 from napari_spatialdl.models.deconvolution import SpotDeconvolution, spot_neighbour_edges
-from napari_spatialdl.tasks import InputError
-from napari_spatialdl.tasks.deconvolve import deconvolve_nnls, deconvolve_spatialdl
+from napari_spatialdl.tasks import InputError, deconvolve_iter
 
 TYPES = ["astro", "neuron", "oligo", "micro"]
 N_GENES = 80
+
+
+def deconvolve_spatialdl(*args, **kwargs):
+    """The native method's generator, through the public API."""
+    return deconvolve_iter(*args, method="spatialdl", **kwargs)
+
+
+def deconvolve_nnls(*args, **kwargs):
+    return deconvolve_iter(*args, method="nnls", **kwargs)
 
 
 def _profiles(rng: np.random.Generator) -> np.ndarray:
@@ -317,10 +326,10 @@ def test_unlabelled_reference_cells_are_ignored(data):
 def _bad_cases(spatial: AnnData, reference: AnnData):
     lognorm = spatial.copy()
     lognorm.layers["norm"] = np.log1p(lognorm.X)
-    yield "non-integer layer", (lognorm, reference), {"layer": "norm"}, r"adata\.layers\['norm'\].*non-integer"
+    yield "non-integer layer", (lognorm, reference), {"layer": "norm"}, r"spatial\.layers\['norm'\].*non-integer.*spatial\.X holds raw counts"
     neg = reference.copy()
     neg.X[0, 0] = -1
-    yield "negative reference", (spatial, neg), {}, "negative values"
+    yield "negative reference", (spatial, neg), {}, r"reference\.X has negative values"
     nan = spatial.copy()
     nan.X[2, 3] = np.nan
     yield "NaN", (nan, reference), {}, "NaN or infinite"
@@ -334,7 +343,7 @@ def _bad_cases(spatial: AnnData, reference: AnnData):
     one.obs["one"] = "astro"
     yield "one label", (spatial, one), {"labels_key": "one"}, "1 distinct value"
     yield "missing key", (spatial, reference), {"labels_key": "nope"}, "'nope' is not a column"
-    yield "missing layer", (spatial, reference), {"reference_layer": "counts"}, "Layer 'counts' not found"
+    yield "missing layer", (spatial, reference), {"reference_layer": "counts"}, r"reference\.layers\['counts'\] not found.*reference_layer=None"
     yield "bad smoothing", (spatial, reference), {"spatial_smoothing": -1.0}, "spatial_smoothing"
 
 
@@ -460,3 +469,45 @@ def test_top_gene_selection_keeps_markers(data):
     # minibatches of spots reach the same answer
     mini = run_to_end(deconvolve_spatialdl(spatial, reference, "cell_type", batch_size=48, copy=True))
     assert rmse(mini.adata.obsm[PROPORTIONS_KEY], truth) < 0.08
+
+
+# ------------------------------------------------------------------- the task contract
+
+def test_second_method_sits_beside_the_first_and_key_added(data):
+    spatial, reference, truth = data
+    target = spatial.copy()
+    first = sdl.deconvolve(target, reference, "cell_type", max_epochs=20)
+    native = target.obsm[PROPORTIONS_KEY].copy()
+    second = sdl.deconvolve(target, reference, "cell_type", method="nnls")
+    assert first.keys["obsm"] == PROPORTIONS_KEY
+    assert second.keys == {"obsm": f"{PROPORTIONS_KEY}_nnls", "obsm_abundance": "spatialdl_abundance_nnls"}
+    pd.testing.assert_frame_equal(target.obsm[PROPORTIONS_KEY], native)  # not overwritten
+    assert target.uns["spatialdl"]["deconvolve"]["method"] == "spatialdl"
+    assert target.uns["spatialdl"][f"{PROPORTIONS_KEY}_nnls"]["method"] == "nnls"
+    third = sdl.deconvolve(target, reference, "cell_type", method="nnls", key_added="mine")
+    assert third.keys == {"obsm": "mine", "obsm_abundance": "mine_abundance"}
+    assert np.allclose(target.obsm["mine"].to_numpy(), target.obsm[f"{PROPORTIONS_KEY}_nnls"].to_numpy())
+
+
+def test_parameters_are_recorded_from_the_signature_and_coerced(data):
+    spatial, reference, truth = data
+    res = sdl.deconvolve(spatial, reference, "cell_type", max_epochs="4", copy=True)
+    params = res.adata.uns["spatialdl"]["deconvolve"]["params"]
+    assert params["max_epochs"] == 4 and params["n_top_genes"] == 3000 and params["lr"] == 0.05
+    with pytest.raises(InputError, match="max_epochs must be an integer"):
+        sdl.deconvolve(spatial, reference, "cell_type", max_epochs="ten")
+    with pytest.raises(InputError, match="seed must be an integer"):
+        sdl.deconvolve(spatial, reference, "cell_type", seed=None)
+    with pytest.raises(InputError, match="no parameter 'epochs'.*max_epochs"):
+        sdl.deconvolve(spatial, reference, "cell_type", epochs=3)
+
+
+def test_a_cell_type_with_one_reference_cell_is_refused_like_annotation(data):
+    spatial, reference, truth = data
+    ref = reference.copy()
+    labels = ref.obs["cell_type"].astype(str).to_numpy()
+    labels[0] = "lonely"
+    ref.obs["cell_type"] = pd.Categorical(labels)
+    for task in (sdl.deconvolve, sdl.annotate):
+        with pytest.raises(InputError, match="'lonely' \\(1 cell\\)"):
+            task(spatial, ref, "cell_type", method="nnls" if task is sdl.deconvolve else "logreg")

@@ -9,7 +9,16 @@ Results are written only when a run finishes. Each task is declared once in its 
 
 from ._base import TaskResult
 from ._registry import Method, get_method, list_methods, register
-from ._spec import SPECS, MethodOutput, Param, Prepared, TaskSpec, get_spec, method_params, run_records
+from ._spec import (
+    SPECS,
+    MethodOutput,
+    Param,
+    Prepared,
+    TaskSpec,
+    get_spec,
+    method_params,
+    run_records,
+)
 from ._validate import InputError
 from .api import (
     annotate,

@@ -240,13 +240,13 @@ def method_params(method_or_func: Any) -> list[Param]:
     return out
 
 
-def coerce(name: str, value: Any, annotation: Any) -> Any:
+def coerce(name: str, value: Any, annotation: Any, default: Any = inspect.Parameter.empty) -> Any:
     """``value`` as ``annotation`` asks (``"10"`` -> 10 for int), or an InputError that says why."""
-    from . import _validate
+    from ._validate import coerce_param
 
-    if hasattr(_validate, "coerce_param"):
-        return _validate.coerce_param(name, value, strip_annotated(annotation), None)
-    return value
+    if default is inspect.Parameter.empty:
+        return coerce_param(name, value, strip_annotated(annotation))
+    return coerce_param(name, value, strip_annotated(annotation), default)
 
 
 # ----------------------------------------------------------------------------- running
@@ -286,9 +286,10 @@ def split_arguments(spec: TaskSpec, method: Any, args: tuple, kwargs: dict[str, 
         if inp.required and inputs[inp.name] is None:
             raise InputError(f"{spec.name} needs {inp.name!r} ({inp.doc or inp.role}).")
     for opt in spec.options:
-        options[opt.name] = coerce(opt.name, options.get(opt.name, opt.default), opt.annotation)
-    hints = {p.name: p.annotation for p in method_params(method)}
-    params = {k: coerce(k, v, hints[k]) for k, v in params.items()}
+        options[opt.name] = coerce(opt.name, options.get(opt.name, opt.default), opt.annotation,
+                                   opt.default)
+    declared = {p.name: p for p in method_params(method)}
+    params = {k: coerce(k, v, declared[k].annotation, declared[k].default) for k, v in params.items()}
     return inputs, options, params
 
 
@@ -462,17 +463,14 @@ def run_task_iter(task: str, *args: Any, method: str = "spatialdl", key_added: s
 
 def _check_role_column(inputs: dict[str, Any], spec: TaskSpec, p: Param, key: Any) -> np.ndarray:
     """Validate an obs-column parameter of a method against the object its role names."""
-    from . import _validate
+    from ._validate import check_obs_column
 
     owner_name = p.role.of or spec.data_input.name
     owner = inputs.get(owner_name)
     if owner is None:
         raise InputError(f"{p.name}={key!r} names a column of {owner_name}, but no {owner_name} was given.")
-    if hasattr(_validate, "check_obs_column"):
-        values = _validate.check_obs_column(owner, key, argument=p.name, kind=p.role.kind,
-                                            obj=owner_name, allow_missing_values=p.role.kind == LABELS)
-    else:  # pragma: no cover - older validator
-        values = _validate.check_obs_key(owner, key, p.name, allow_missing_values=p.role.kind == LABELS)
+    values = check_obs_column(owner, key, argument=p.name, kind=p.role.kind, obj=owner_name,
+                              allow_missing_values=p.role.kind == LABELS)
     return np.asarray(values, dtype=object)
 
 

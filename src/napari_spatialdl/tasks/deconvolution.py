@@ -60,7 +60,7 @@ class DeconvolutionInputs(Prepared):
 
     def coordinates(self) -> np.ndarray:
         """The spots' ``obsm['spatial']`` (checked), for methods with a spatial prior."""
-        return V.check_spatial(self.data, **_obj("spatial"))
+        return V.check_spatial(self.data, obj="spatial")
 
     def select_genes(self, n_top_genes: int | None) -> DeconvolutionInputs:
         """A copy keeping the ``n_top_genes`` shared genes that best tell the cell types apart.
@@ -108,25 +108,11 @@ class DeconvolutionOutput(MethodOutput):
     abundance: np.ndarray | None = None
 
 
-def _obj(name: str, layer_arg: str | None = None) -> dict[str, str]:
-    """Keyword arguments naming the object (and layer argument) in validators that accept them."""
-    import inspect
-
-    out = {"obj": name}
-    if layer_arg:
-        out["layer_arg"] = layer_arg
-    accepted = set(inspect.signature(V.check_spatial).parameters)
-    return {k: v for k, v in out.items() if k in accepted or k == "layer_arg"}
-
-
 def _counts(adata: AnnData, layer: str | None, name: str, layer_arg: str, method: Any):
-    import inspect
-
-    kwargs: dict[str, Any] = {"what": f"the {method.name} deconvolution"}
-    params = inspect.signature(V.get_counts).parameters
-    if "obj" in params:
-        kwargs.update(obj=name, layer_arg=layer_arg)
-    return V.get_counts(adata, layer, **kwargs) if method.counts else V.get_matrix(adata, layer)
+    if method.counts:
+        return V.get_counts(adata, layer, what=f"the {method.name} deconvolution", obj=name,
+                            layer_arg=layer_arg)
+    return V.get_matrix(adata, layer, obj=name, layer_arg=layer_arg)
 
 
 def prepare(inputs: dict[str, Any], *, method: Any, device: Any, seed: int) -> DeconvolutionInputs:
@@ -138,11 +124,8 @@ def prepare(inputs: dict[str, Any], *, method: Any, device: Any, seed: int) -> D
     spatial, reference = inputs["spatial"], inputs["reference"]
     labels_key = inputs["labels_key"]
     layer, reference_layer = inputs.get("layer"), inputs.get("reference_layer")
-    if hasattr(V, "check_obs_column"):
-        labels = V.check_obs_column(reference, labels_key, argument="labels_key", kind="labels",
-                                    obj="reference", allow_missing_values=True)
-    else:
-        labels = V.check_obs_key(reference, labels_key, "labels_key", allow_missing_values=True)
+    labels = V.check_obs_column(reference, labels_key, argument="labels_key", kind="labels",
+                                obj="reference", allow_missing_values=True)
     spot_X = _counts(spatial, layer, "spatial", "layer", method)
     ref_X = _counts(reference, reference_layer, "reference", "reference_layer", method)
     genes = V.shared_genes(spatial, reference, names=("spatial", "reference"))
@@ -169,20 +152,10 @@ def prepare(inputs: dict[str, Any], *, method: Any, device: Any, seed: int) -> D
 
 
 def _check_cell_types(ref_labels: np.ndarray, labels_key: str, n_genes: int) -> None:
-    if hasattr(V, "check_cell_types"):
-        V.check_cell_types(pd.Series(ref_labels), labels_key=labels_key, obj="reference",
-                           min_cells=MIN_CELLS_PER_TYPE)
-        return
-    types, counts = np.unique(ref_labels, return_counts=True)
-    if len(types) < 2:
-        raise InputError(
-            f"Only {len(types)} cell type is left in reference.obs[{labels_key!r}] among the "
-            f"{len(ref_labels)} labelled cells with counts in the {n_genes} shared genes: "
-            "deconvolution needs at least 2 cell types.")
-    few = types[counts < MIN_CELLS_PER_TYPE]
-    if len(few):
-        raise InputError(f"reference.obs[{labels_key!r}] has fewer than {MIN_CELLS_PER_TYPE} cells of "
-                         f"{', '.join(map(repr, few))}: drop or merge those types.")
+    """The rule annotation uses too: at least 2 types, each with MIN_CELLS_PER_TYPE cells."""
+    V.check_cell_types(pd.Series(ref_labels), labels_key=labels_key, obj="reference",
+                       min_cells=MIN_CELLS_PER_TYPE,
+                       context=f"among the labelled reference cells with counts in the {n_genes} shared genes")
 
 
 def write(out: AnnData, prepared: DeconvolutionInputs, output: DeconvolutionOutput,
