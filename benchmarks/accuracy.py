@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import inspect
 import json
 import os
 import platform
@@ -267,49 +266,31 @@ class Entry:
 
 @functools.lru_cache(maxsize=1)
 def _registry():
-    """The registry, or None while the task modules are not importable (still being written)."""
-    try:
-        from napari_spatialdl.tasks import _registry as R
+    """The method registry (every task module and backend that imports)."""
+    from napari_spatialdl.tasks import _registry as R
 
-        R._load_builtin_methods()
-        return R
-    except Exception as exc:  # noqa: BLE001
-        print(f"[accuracy] registry not importable yet ({type(exc).__name__}: {exc}); "
-              "falling back to importing what exists", file=sys.stderr)
-        from napari_spatialdl.tasks import _registry as R
-
-        for mod in ("impute", "integrate", "deconvolve", "annotate", "_backends"):
-            try:
-                __import__(f"napari_spatialdl.tasks.{mod}")
-            except Exception:  # noqa: BLE001
-                pass
-        return R
+    R._load_builtin_methods()
+    return R
 
 
 def _call_registry(task: str, name: str, quick: bool, device: str) -> Callable[..., AnnData]:
-    from napari_spatialdl.models._train import run_to_end
+    """Run method ``name`` the way users do: through the task contract (``run_task_iter``)."""
+    from napari_spatialdl.models import run_to_end
+    from napari_spatialdl.tasks import get_method, get_spec, method_params, run_task_iter
 
-    try:
-        from napari_spatialdl.tasks import get_method
-
-        method = get_method(task, name)
-    except ImportError:  # a task module is not importable yet: use what is registered
-        method = _registry().REGISTRY[task][name]
-    sig = inspect.signature(method.func)
+    method = get_method(task, name)
+    spec = get_spec(task)
+    accepted = {p.name: p for p in method_params(method)}
+    task_args = set(spec.input_names) | {o.name for o in spec.options}
 
     def run(*args, **params):
-        kwargs = {k: v for k, v in params.items() if k in sig.parameters}
-        if "copy" in sig.parameters:
-            kwargs["copy"] = True
-        if "device" in sig.parameters:
-            kwargs["device"] = device
+        kwargs = {k: v for k, v in params.items() if k in accepted or k in task_args}
         if quick:
-            for pname, p in sig.parameters.items():
-                if "epoch" in pname and isinstance(p.default, int) and p.default > QUICK_EPOCHS:
+            for pname, p in accepted.items():
+                if "epoch" in pname and (p.default is None or (isinstance(p.default, int)
+                                                               and p.default > QUICK_EPOCHS)):
                     kwargs.setdefault(pname, QUICK_EPOCHS)
-                elif "epoch" in pname and p.default is None:
-                    kwargs.setdefault(pname, QUICK_EPOCHS)
-        result = run_to_end(method.func(*args, **kwargs))
+        result = run_to_end(run_task_iter(task, *args, method=name, copy=True, device=device, **kwargs))
         return result.adata
 
     return run
