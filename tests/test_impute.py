@@ -1,4 +1,4 @@
-"""Imputation: the native count autoencoder (``spatialdl``) and the kNN baseline."""
+"""Imputation: the native count autoencoder (``spatialdl``) and the kNN baseline, through the public API."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import torch
 from anndata import AnnData
 
 from napari_spatialdl._constants import IMPUTED_LAYER, UNS_KEY
-from napari_spatialdl.models._train import run_to_end
+from napari_spatialdl.models._train import ProgressEvent, run_to_end
 from napari_spatialdl.models.impute import CountAutoencoder, ImputeModel
-from napari_spatialdl.tasks import InputError, impute, list_methods
-from napari_spatialdl.tasks.impute import impute_knn, impute_spatialdl, spatial_neighbours
+from napari_spatialdl.tasks import InputError, impute, impute_iter, list_methods
+from napari_spatialdl.tasks.imputation import impute_knn, impute_spatialdl, spatial_neighbours
 
 FAST = {"max_epochs": 40}
 
@@ -209,7 +209,7 @@ def test_copy_true_leaves_input_unchanged():
 def test_closing_the_generator_leaves_adata_unchanged():
     adata = make_adata()
     snap = snapshot(adata)
-    gen = impute_spatialdl(adata, max_epochs=100)
+    gen = impute_iter(adata, max_epochs=100)
     for _ in range(3):
         next(gen)
     gen.close()
@@ -237,7 +237,7 @@ def _bad_inputs():
 
     def empty_cell(a):
         a.X[3] = 0
-        return {}, "1 of 200 observations have no counts"
+        return {}, "1 of 200 observations of adata have no counts"
 
     def nan(a):
         a.X[1, 1] = np.nan
@@ -248,7 +248,7 @@ def _bad_inputs():
         return {}, "NaN or infinite"
 
     def missing_layer(a):
-        return {"layer": "raw"}, "Layer 'raw' not found"
+        return {"layer": "raw"}, "adata.layers\\['raw'\\] not found"
 
     def bad_likelihood(a):
         return {"likelihood": "poisson"}, "likelihood must be one of"
@@ -314,13 +314,195 @@ def test_knn_baseline():
 
 
 def impute_knn_result(adata):
-    return run_to_end(impute_knn(adata, copy=True)).adata.layers[IMPUTED_LAYER]
+    return run_to_end(impute_iter(adata, method="knn", copy=True)).adata.layers[IMPUTED_LAYER]
 
 
 def test_methods_are_registered():
     names = {m.name: m for m in list_methods("impute")}
     assert names["spatialdl"].native and names["spatialdl"].func is impute_spatialdl
     assert names["knn"].func is impute_knn
+
+
+def test_methods_take_no_reference():
+    names = {m.name: m for m in list_methods("impute")}
+    for name in ("spatialdl", "knn", "magic"):
+        assert "reference" in names[name].refuses and not names[name].needs
+    assert names["spatialdl"].label == "Denoising autoencoder (recommended)"
+
+
+# ----------------------------------------------------------------------------- task contract
+
+def test_second_method_goes_beside_the_first():
+    adata = make_adata()
+    first = impute(adata, **FAST)
+    native = adata.layers[IMPUTED_LAYER].copy()
+    second = impute(adata, method="knn")
+    assert first.keys == {"layers": IMPUTED_LAYER}
+    assert second.keys == {"layers": f"{IMPUTED_LAYER}_knn"}
+    np.testing.assert_array_equal(adata.layers[IMPUTED_LAYER], native)  # not overwritten
+    knn = adata.layers[f"{IMPUTED_LAYER}_knn"]
+    assert knn.shape == adata.shape and (knn[:, 7] == 0).all() and not np.allclose(knn, native)
+    meta = adata.uns[UNS_KEY]
+    assert meta["impute"]["method"] == "spatialdl"
+    assert meta[f"{IMPUTED_LAYER}_knn"]["method"] == "knn"
+    assert meta[f"{IMPUTED_LAYER}_knn"]["params"]["n_neighbors"] == 15
+    # the same method again replaces its own result
+    again = impute(adata, **FAST, seed=5)
+    assert again.keys == {"layers": IMPUTED_LAYER}
+    assert not np.array_equal(adata.layers[IMPUTED_LAYER], native)
+    np.testing.assert_array_equal(adata.layers[f"{IMPUTED_LAYER}_knn"], knn)
+
+
+def test_key_added():
+    adata = make_adata()
+    res = impute(adata, method="knn", key_added="denoised")
+    assert res.keys == {"layers": "denoised"} and IMPUTED_LAYER not in adata.layers
+    assert adata.layers["denoised"].shape == adata.shape
+    entry = adata.uns[UNS_KEY]["denoised"]
+    assert entry["method"] == "knn" and entry["params"]["key_added"] == "denoised"
+    snap = snapshot(make_adata())
+    fresh = make_adata()
+    with pytest.raises(InputError, match="key_added must be a non-empty string"):
+        impute(fresh, method="knn", key_added=" ")
+    assert_unchanged(fresh, snap)
+
+
+def test_parameter_types_are_coerced():
+    adata = make_adata()
+    res = impute(adata, max_epochs="10", hidden="32", mask_rate="0.25", spatial="no")
+    assert res.history.n_epochs <= 10
+    params = adata.uns[UNS_KEY]["impute"]["params"]
+    assert params["max_epochs"] == 10 and isinstance(params["max_epochs"], int | np.integer)
+    assert params["hidden"] == 32 and params["mask_rate"] == 0.25 and not params["spatial"]
+    assert params["bottleneck"] == 16 and params["seed"] == 0  # defaults recorded from the signature
+    assert res.model.init_kwargs["hidden"] == [32, 16, 32]
+    fresh = make_adata()
+    snap = snapshot(fresh)
+    with pytest.raises(InputError, match="max_epochs must be an integer, got 'ten'"):
+        impute(fresh, max_epochs="ten")
+    with pytest.raises(InputError, match="n_neighbors must be an integer"):
+        impute(fresh, method="knn", n_neighbors=2.5)
+    with pytest.raises(InputError, match="likelihood must be one of 'zinb', 'nb'"):
+        impute(fresh, likelihood="poisson")
+    assert_unchanged(fresh, snap)
+
+
+def test_unknown_parameter_is_refused():
+    adata = make_adata()
+    snap = snapshot(adata)
+    with pytest.raises(InputError, match="no parameter 'n_epochs'.*max_epochs"):
+        impute(adata, n_epochs=10)
+    with pytest.raises(InputError, match="no parameter 'likelihood'"):
+        impute(adata, method="knn", likelihood="nb")
+    assert_unchanged(adata, snap)
+
+
+def test_denoisers_refuse_a_reference():
+    adata, ref = make_adata(), make_adata(seed=1)
+    snap = snapshot(adata)
+    for method in ("spatialdl", "knn"):
+        with pytest.raises(InputError, match=f"method '{method}' does not use reference="):
+            impute(adata, method=method, reference=ref, **(FAST if method == "spatialdl" else {}))
+    with pytest.raises(InputError, match="reference_layer='counts' names a layer of reference, but no reference"):
+        impute(adata, reference_layer="counts", **FAST)
+    assert_unchanged(adata, snap)
+
+
+@pytest.fixture
+def reference_method():
+    """A method registered with needs=("reference",): what a gene-prediction method receives."""
+    from napari_spatialdl.tasks._registry import REGISTRY, register
+    from napari_spatialdl.tasks.imputation import ImputationOutput
+
+    seen = {}
+
+    @register("impute", "_test_reference", needs=("reference",))
+    def _method(data):
+        """Each observation's library spread over the reference's mean profile of the kept genes."""
+        seen["data"] = data
+        yield ProgressEvent(0, 1, 0, message="reference mean")
+        ref = data.reference[:, data.genes]
+        profile = np.asarray(data.reference_counts[:, data.reference.var_names.get_indexer(data.genes)]
+                             .mean(axis=0)).ravel()
+        assert ref.n_vars == len(profile)
+        return ImputationOutput(imputed=np.outer(data.library, profile / profile.sum()))
+
+    yield seen
+    REGISTRY["impute"].pop("_test_reference", None)
+
+
+def test_reference_reaches_methods_that_need_it(reference_method):
+    adata, ref = make_adata(), make_adata(seed=1)
+    ref.layers["counts"] = sp.csr_matrix(ref.layers["counts"])
+    with pytest.raises(InputError, match="needs reference="):
+        impute(adata, method="_test_reference")
+    bad = ref.copy()
+    snap = snapshot(adata)
+    with pytest.raises(InputError, match=r"reference\.layers\['raw'\] not found.*reference_layer=None"):
+        impute(adata, method="_test_reference", reference=bad, reference_layer="raw")
+    bad.X[0, 0] = -1
+    with pytest.raises(InputError, match=r"reference\.X has negative values"):
+        impute(adata, method="_test_reference", reference=bad)
+    assert_unchanged(adata, snap)
+    res = impute(adata, method="_test_reference", reference=ref, reference_layer="counts")
+    data = reference_method["data"]
+    assert data.reference is ref and data.reference_layer == "counts" and sp.issparse(data.reference_counts)
+    empty = np.asarray(adata.X.sum(axis=0)).ravel() == 0
+    assert data.counts.shape == (adata.n_obs, adata.n_vars - empty.sum()) and not data.keep[7]
+    np.testing.assert_array_equal(data.keep, ~empty)
+    assert list(data.genes) == list(adata.var_names[~empty])
+    out = adata.layers[IMPUTED_LAYER]
+    np.testing.assert_allclose(out.sum(axis=1), adata.X.sum(axis=1), rtol=1e-4)
+    assert (out[:, 7] == 0).all() and res.method == "_test_reference"
+    assert "reference" not in adata.uns[UNS_KEY]["impute"]["params"]  # AnnData inputs are not recorded
+    assert adata.uns[UNS_KEY]["impute"]["params"]["reference_layer"] == "counts"
+
+
+def test_sparse_counts_stay_sparse_in_the_prepared_inputs(reference_method):
+    adata, ref = make_adata(), make_adata(seed=1)
+    adata.X = sp.csr_matrix(adata.X)
+    impute(adata, method="_test_reference", reference=ref)
+    data = reference_method["data"]
+    empty = np.asarray(adata.X.sum(axis=0)).ravel() == 0
+    assert sp.isspmatrix_csr(data.counts) and data.counts.shape[1] == adata.n_vars - empty.sum()
+    np.testing.assert_allclose(data.library, np.asarray(adata.X.sum(axis=1)).ravel())
+
+
+def test_too_few_observations():
+    adata = make_adata()[:2].copy()
+    with pytest.raises(InputError, match="adata has 2 observations; imputation needs at least 3"):
+        impute(adata, method="knn")
+
+
+# ----------------------------------------------------------------------------- MAGIC backend
+
+def test_magic_backend():
+    pytest.importorskip("magic")
+    import magic
+
+    if not hasattr(magic, "MAGIC"):
+        pytest.skip("the 'magic' module here is not magic-impute")
+    adata = make_adata()
+    counts, mean, _, _ = make_counts()
+    impute(adata, method="knn")
+    res = impute(adata, method="magic", knn="5", t=3)
+    key = f"{IMPUTED_LAYER}_magic"
+    assert res.keys == {"layers": key}
+    out = adata.layers[key]
+    assert out.shape == adata.shape and out.dtype == np.float32 and np.isfinite(out).all() and (out >= 0).all()
+    assert (out[:, 7] == 0).all()  # the gene without counts: dropped by prepare, written as 0
+    keep = np.ones(adata.n_vars, bool)
+    keep[7] = False
+    assert _corr_with_truth(out[:, keep], mean[:, keep]) > _corr_with_truth(counts[:, keep], mean[:, keep])
+    entry = adata.uns[UNS_KEY][key]
+    assert entry["method"] == "magic" and entry["params"]["knn"] == 5 and "magic" in entry["versions_backend"]
+    snap = snapshot(make_adata())
+    fresh = make_adata()
+    with pytest.raises(InputError, match="knn=500 must be smaller than the number of observations"):
+        impute(fresh, method="magic", knn=500)
+    with pytest.raises(InputError, match="does not use reference="):
+        impute(fresh, method="magic", reference=make_adata(seed=1))
+    assert_unchanged(fresh, snap)
 
 
 def test_spatial_neighbours_exclude_self_even_with_duplicates():

@@ -1,56 +1,80 @@
 """Imputation / denoising: the expected count of every gene in every cell or spot.
 
-Methods: ``spatialdl`` (the native count autoencoder, :mod:`napari_spatialdl.models.impute`)
-and ``knn`` (a baseline: kNN smoothing in PCA space). Both write
-``adata.layers['spatialdl_imputed']`` (same shape as ``adata``, on the count scale of each
-cell: genes without any count get 0) and ``adata.uns['spatialdl']['impute']``.
+The task's spec (inputs, output), its one ``prepare`` and its one ``write`` live here; the
+methods only compute. Methods: ``spatialdl`` (the native count autoencoder,
+:mod:`napari_spatialdl.models.impute`) and ``knn`` (a baseline: kNN smoothing in PCA space); the
+reference backend MAGIC is in :mod:`.backends.magic`. Every method writes
+``adata.layers['spatialdl_imputed']`` (same shape as ``adata``, on the count scale of each cell:
+genes without any count get 0) and the run metadata.
+
+``prepare`` drops the genes without any count for every method (they carry no information and
+are written back as 0). A ``reference`` (an scRNA-seq dataset with genes to predict) is only
+taken by methods registered with ``needs=("reference",)``; the denoisers refuse it.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Generator
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
-import torch
 from anndata import AnnData
 
 from .._constants import IMPUTED_LAYER
-from ..models._train import ProgressEvent, TrainingConfig, resolve_device
-from ..models.impute import ImputeModel, library_sizes, log_normalise
-from ._base import TaskResult, target, write_run_metadata
+from ..models import ProgressEvent, TrainingConfig
+from ..models.impute import ImputeModel
+from ..preprocessing import library_sizes, log1p, normalize_total
+from . import _validate as V
 from ._registry import register
-from ._validate import InputError, check_spatial, drop_empty_genes, get_counts
+from ._spec import (
+    DATA,
+    LAYER,
+    REFERENCE,
+    Input,
+    MethodOutput,
+    Output,
+    Prepared,
+    TaskSpec,
+    register_spec,
+)
+from ._validate import InputError, check_positive
 
-TaskGen = Generator[ProgressEvent, None, TaskResult]
+__all__ = [
+    "MIN_OBSERVATIONS",
+    "SPEC",
+    "ImputationInputs",
+    "ImputationOutput",
+    "impute_knn",
+    "impute_spatialdl",
+    "knn_smooth",
+    "prepare",
+    "spatial_neighbours",
+    "write",
+]
 
-
-# ------------------------------------------------------------------------ helpers
-
-def check_positive(**values: float) -> None:
-    """InputError for the first value that is not > 0 (``name=value`` keyword arguments)."""
-    for name, value in values.items():
-        if value is None or not np.isfinite(value) or value <= 0:
-            raise InputError(f"{name} must be a positive number, got {value!r}.")
-
-
-def check_device(device: str) -> torch.device:
-    """The resolved device, or an InputError saying which devices exist."""
-    try:
-        return resolve_device(device)
-    except ValueError as err:
-        raise InputError(str(err)) from None
-
-
-def check_choice(name: str, value: Any, choices: tuple) -> None:
-    if value not in choices:
-        raise InputError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}.")
+#: fewest observations an imputation needs
+MIN_OBSERVATIONS = 3
 
 
 def spatial_neighbours(xy: np.ndarray, k: int) -> np.ndarray:
-    """(n, k) indices of each spot's ``k`` nearest other spots (itself excluded)."""
+    """(n, k) indices of each spot's ``k`` nearest other spots (itself excluded).
+
+    Parameters
+    ----------
+    xy
+        (n, 2) coordinates.
+    k
+        Neighbours per spot (``1 <= k < n``).
+
+    Returns
+    -------
+    np.ndarray
+        int64 row indices; a spot is never its own neighbour, even when coordinates repeat.
+    """
     from scipy.spatial import cKDTree
 
     n = len(xy)
@@ -63,44 +87,156 @@ def spatial_neighbours(xy: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def _counts_and_genes(adata: AnnData, layer: str | None) -> tuple[Any, np.ndarray, dict[str, Any]]:
-    X = get_counts(adata, layer, what="imputation")
-    if adata.n_obs < 3:
-        raise InputError(f"Imputation needs at least 3 observations, got {adata.n_obs}.")
-    X, genes, keep = drop_empty_genes(X, adata.var_names)
-    n_dropped = int((~keep).sum())
+@dataclass
+class ImputationInputs(Prepared):
+    """The counts of the genes that have any (what every imputation method gets).
+
+    ``counts`` is ``adata``'s counts restricted to ``genes`` (CSR stays CSR); ``keep`` is the
+    mask of those genes over ``adata.var_names`` (the others have no count and are written as 0);
+    ``library`` is every observation's total count. ``reference``/``reference_counts`` are set
+    only when the caller passed a reference (for methods that predict genes from it).
+    """
+
+    counts: Any = None  # observations x kept genes
+    keep: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    genes: pd.Index = field(default_factory=pd.Index)
+    library: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    layer: str | None = None
+    reference: AnnData | None = None
+    reference_counts: Any = None  # reference cells x reference genes, checked
+    reference_layer: str | None = None
+
+    def neighbours(self, n_neighbors: int) -> np.ndarray:
+        """(n_obs, n_neighbors) indices of each spot's nearest other spots in ``obsm['spatial']``.
+
+        Parameters
+        ----------
+        n_neighbors
+            Neighbours per spot, between 1 and ``n_obs - 1``.
+
+        Returns
+        -------
+        np.ndarray
+            int64 row indices (see :func:`spatial_neighbours`).
+
+        Raises
+        ------
+        InputError
+            No usable ``adata.obsm['spatial']``, or ``n_neighbors`` out of range.
+        """
+        xy = V.check_spatial(self.data, obj="adata")
+        n = self.data.n_obs
+        if not 1 <= n_neighbors < n:
+            raise InputError(f"n_neighbors must be between 1 and {n - 1} (the number of other spots in "
+                             f"adata), got {n_neighbors}.")
+        return spatial_neighbours(xy, int(n_neighbors))
+
+
+@dataclass
+class ImputationOutput(MethodOutput):
+    """The imputed expected counts, observations x the prepared inputs' ``genes``."""
+
+    imputed: np.ndarray | None = None
+
+
+def _counts(adata: AnnData, layer: str | None, name: str, layer_arg: str, method: Any):
+    if method.counts:
+        return V.get_counts(adata, layer, what=f"the {method.name} imputation", obj=name, layer_arg=layer_arg)
+    return V.get_matrix(adata, layer, obj=name, layer_arg=layer_arg)
+
+
+def prepare(inputs: dict[str, Any], *, method: Any, device: Any, seed: int) -> ImputationInputs:
+    """Check the inputs once and keep the genes with any count (nothing is written).
+
+    Parameters
+    ----------
+    inputs
+        The task's inputs by name (``adata``, ``layer``, ``reference``, ``reference_layer``).
+    method
+        The registered method (its ``counts`` flag says whether raw counts are needed).
+    device, seed
+        Resolved by the core.
+
+    Returns
+    -------
+    ImputationInputs
+        Counts of the genes with any count, their mask, the library sizes.
+
+    Raises
+    ------
+    InputError
+        Counts that are not raw counts, an empty observation, too few observations,
+        ``reference_layer`` without a reference, a bad reference.
+    """
+    adata, layer = inputs["adata"], inputs.get("layer")
+    reference, reference_layer = inputs.get("reference"), inputs.get("reference_layer")
+    if reference is None and reference_layer is not None:
+        raise InputError(f"reference_layer={reference_layer!r} names a layer of reference, but no reference "
+                         "was given: pass reference= too, or leave reference_layer out.")
+    X = _counts(adata, layer, "adata", "layer", method)
+    if adata.n_obs < MIN_OBSERVATIONS:
+        raise InputError(f"adata has {adata.n_obs} observations; imputation needs at least "
+                         f"{MIN_OBSERVATIONS}.")
+    X, genes, keep = V.drop_empty_genes(X, adata.var_names)
+    X = sp.csr_matrix(X) if sp.issparse(X) else np.asarray(X)
+    ref_X = None
+    if reference is not None:
+        ref_X = _counts(reference, reference_layer, "reference", "reference_layer", method)
+    n_used, n_dropped = int(keep.sum()), int((~keep).sum())
     info: dict[str, Any] = {
-        "n_genes_used": int(keep.sum()),
+        "n_genes_used": n_used,
         "n_genes_dropped": n_dropped,
-        "genes_message": (f"{int(keep.sum())} of {adata.n_vars} genes modelled; "
-                          f"{n_dropped} genes without any count were left out (imputed as 0)."
+        "genes_message": (f"{n_used} of {adata.n_vars} genes modelled; {n_dropped} genes without any "
+                          "count were left out (imputed as 0)."
                           if n_dropped else f"All {adata.n_vars} genes modelled."),
     }
-    return X, keep, info
+    return ImputationInputs(
+        data=adata, device=device, seed=seed, info=info, counts=X, keep=keep, genes=genes,
+        library=library_sizes(X), layer=layer, reference=reference, reference_counts=ref_X,
+        reference_layer=reference_layer)
 
 
-def _write(adata: AnnData, copy: bool, method: str, values: np.ndarray, keep: np.ndarray,
-           params: dict[str, Any], history, seconds: float, model, info: dict[str, Any]) -> TaskResult:
-    imputed = np.zeros(adata.shape, dtype=np.float32)
-    imputed[:, keep] = values
-    out = target(adata, copy)
-    out.layers[IMPUTED_LAYER] = imputed
-    write_run_metadata(out, "impute", method, params, history, seconds=seconds, **info)
-    return TaskResult("impute", method, out, keys={"layers": IMPUTED_LAYER}, model=model,
-                      history=history, info=info)
+def write(out: AnnData, prepared: ImputationInputs, output: ImputationOutput, keys: dict[str, str]) -> None:
+    """The imputed counts as a dense float32 layer of ``out``'s shape (genes without counts: 0)."""
+    imputed = np.zeros(out.shape, dtype=np.float32)
+    imputed[:, prepared.keep] = np.asarray(output.imputed, dtype=np.float32)
+    out.layers[keys["imputed"]] = imputed
+
+
+SPEC = register_spec(TaskSpec(
+    name="impute",
+    title="Impute genes",
+    doc="Denoise the measured genes and fill in dropouts: the expected count of every gene in every "
+        "cell or spot.",
+    inputs=(
+        Input("adata", DATA, doc="cells or spots with raw counts"),
+        Input("layer", LAYER, of="adata", required=False, doc="layer of adata with the raw counts (None: X)"),
+        Input("reference", REFERENCE, required=False,
+              doc="a scRNA-seq reference with the genes to predict (methods that predict genes only)"),
+        Input("reference_layer", LAYER, of="reference", required=False,
+              doc="layer of reference with the raw counts (None: X)"),
+    ),
+    outputs=(
+        Output("imputed", "layers", IMPUTED_LAYER,
+               doc="expected counts (dense float32, adata's shape; genes without counts: 0)"),
+    ),
+    prepare=prepare,
+    write=write,
+))
+
+TaskGen = Generator[ProgressEvent, None, ImputationOutput]
 
 
 # ------------------------------------------------------------------------ methods
 
-@register("impute", "spatialdl", native=True,
+@register("impute", "spatialdl", native=True, refuses=("reference",),
+          label="Denoising autoencoder (recommended)",
           description="Count autoencoder (DCA family): NB/ZINB, size factors, masked training, "
                       "optional spatial neighbours")
-def impute_spatialdl(adata: AnnData, layer: str | None = None, *,
-                     likelihood: Literal["zinb", "nb"] = "zinb", spatial: bool = False,
-                     n_neighbors: int = 6, hidden: int = 128, bottleneck: int = 16,
-                     mask_rate: float = 0.5, max_epochs: int = 300, batch_size: int = 128,
-                     lr: float = 5e-3, patience: int = 10, device: str = "auto", seed: int = 0,
-                     copy: bool = False) -> TaskGen:
+def impute_spatialdl(data: ImputationInputs, *, likelihood: Literal["zinb", "nb"] = "zinb",
+                     spatial: bool = False, n_neighbors: int = 6, hidden: int = 128,
+                     bottleneck: int = 16, mask_rate: float = 0.5, max_epochs: int = 300,
+                     batch_size: int = 128, lr: float = 5e-3, patience: int = 10) -> TaskGen:
     """Denoise counts and fill in dropouts with the native count autoencoder.
 
     The network reads each cell's log-normalised expression through a bottleneck and
@@ -113,10 +249,8 @@ def impute_spatialdl(adata: AnnData, layer: str | None = None, *,
 
     Parameters
     ----------
-    adata
-        Cells or spots with raw counts (in ``X`` or ``layer``).
-    layer
-        Layer with the raw counts (None: ``X``).
+    data
+        The prepared counts (see :func:`napari_spatialdl.impute`).
     likelihood
         ``"zinb"`` (zero-inflated negative binomial) or ``"nb"``.
     spatial
@@ -138,65 +272,58 @@ def impute_spatialdl(adata: AnnData, layer: str | None = None, *,
         Learning rate (Adam).
     patience
         Stop when the held-out loss has not improved for this many epochs (0: never).
-    device
-        ``"auto"`` (GPU when there is one), ``"cpu"``, ``"cuda"`` or ``"mps"``.
-    seed
-        Random seed (same seed, same result).
-    copy
-        Return a new AnnData instead of writing into ``adata``.
 
     Returns
     -------
-    TaskResult
-        ``layers['spatialdl_imputed']`` written (dense float32, adata's shape); ``model`` is the
-        trained :class:`~napari_spatialdl.models.impute.ImputeModel`.
+    ImputationOutput
+        The expected counts; ``model`` is the trained
+        :class:`~napari_spatialdl.models.impute.ImputeModel`.
     """
-    params = {"layer": layer, "likelihood": likelihood, "spatial": spatial, "n_neighbors": n_neighbors,
-              "hidden": hidden, "bottleneck": bottleneck, "mask_rate": mask_rate,
-              "max_epochs": max_epochs, "batch_size": batch_size, "lr": lr, "patience": patience,
-              "device": device, "seed": seed}
-    check_choice("likelihood", likelihood, ("zinb", "nb"))
     check_positive(hidden=hidden, bottleneck=bottleneck, max_epochs=max_epochs, batch_size=batch_size, lr=lr)
     if not 0 <= mask_rate < 1:
         raise InputError(f"mask_rate must be in [0, 1), got {mask_rate}.")
     if patience < 0:
         raise InputError(f"patience must be >= 0, got {patience}.")
-    dev = check_device(device)
-    X, keep, info = _counts_and_genes(adata, layer)
-    neighbours = None
-    if spatial:
-        xy = check_spatial(adata)
-        if not 1 <= n_neighbors < adata.n_obs:
-            raise InputError(f"n_neighbors must be between 1 and {adata.n_obs - 1} (the number of other "
-                             f"spots), got {n_neighbors}.")
-        neighbours = spatial_neighbours(xy, int(n_neighbors))
-
-    torch.manual_seed(seed)
-    model = ImputeModel(int(keep.sum()), hidden=(int(hidden), int(bottleneck), int(hidden)),
-                        likelihood=likelihood, spatial=spatial, mask_rate=mask_rate,
-                        genes=adata.var_names[keep])
-    config = TrainingConfig(max_epochs=int(max_epochs), batch_size=int(batch_size), lr=float(lr),
-                            patience=int(patience), seed=int(seed), device=dev)
-    start = time.perf_counter()
-    history = yield from model.fit_iter(X, neighbours, config)
-    values = model.predict(X, neighbours, device=dev)
-    info["device"] = str(dev)
-    return _write(adata, copy, "spatialdl", values, keep, params, history,
-                  time.perf_counter() - start, model, info)
+    neighbours = data.neighbours(n_neighbors) if spatial else None
+    model = ImputeModel(len(data.genes), hidden=(hidden, bottleneck, hidden), likelihood=likelihood,
+                        spatial=spatial, mask_rate=mask_rate, genes=data.genes)
+    config = TrainingConfig(max_epochs=max_epochs, batch_size=batch_size, lr=lr, patience=patience,
+                            seed=data.seed, device=data.device)
+    history = yield from model.fit_iter(data.counts, neighbours, config)
+    values = model.predict(data.counts, neighbours, device=data.device)
+    return ImputationOutput(imputed=values, model=model, history=history, info={"device": str(data.device)})
 
 
-def knn_smooth(X, n_neighbors: int = 15, n_pcs: int = 30, seed: int = 0) -> np.ndarray:
-    """Average each row's normalised expression over its ``n_neighbors`` nearest rows (itself
-    included) in the PCA space of the log-normalised data; back on the row's count scale."""
+def knn_smooth(X: Any, n_neighbors: int = 15, n_pcs: int = 30, seed: int = 0) -> np.ndarray:
+    """Average each row's normalised expression over its ``n_neighbors`` nearest rows.
+
+    Rows are normalised to the median library size; neighbours (the row itself included) are
+    searched in the PCA space of the log1p of that; the mean is scaled back to the row's own
+    library size.
+
+    Parameters
+    ----------
+    X
+        Counts (rows x genes, dense or sparse); every row has some count.
+    n_neighbors
+        Rows averaged per row (itself included; capped by the number of rows).
+    n_pcs
+        Principal components of the neighbour search (capped by the data's size).
+    seed
+        Random state of the PCA solver.
+
+    Returns
+    -------
+    np.ndarray
+        Dense float32 of ``X``'s shape; each row keeps its library size.
+    """
     from sklearn.decomposition import PCA
     from sklearn.neighbors import NearestNeighbors
 
     library = library_sizes(X)
     scale = float(np.median(library))
-    factor = scale / library
-    norm = sp.csr_matrix(X, dtype=np.float32).multiply(factor).tocsr() if sp.issparse(X) else \
-        np.asarray(X, dtype=np.float32) * factor
-    logn = log_normalise(X, library, scale)
+    norm = normalize_total(X, scale)
+    logn = log1p(norm)
     logn = logn.toarray() if sp.issparse(logn) else logn
     n_comps = max(1, min(n_pcs, logn.shape[0] - 1, logn.shape[1] - 1))
     Z = PCA(n_components=n_comps, random_state=seed).fit_transform(logn - logn.mean(axis=0))
@@ -207,12 +334,12 @@ def knn_smooth(X, n_neighbors: int = 15, n_pcs: int = 30, seed: int = 0) -> np.n
                       shape=(n, n))
     smooth = W @ norm
     smooth = smooth.toarray() if sp.issparse(smooth) else np.asarray(smooth)
-    return (smooth / factor).astype(np.float32)
+    return (smooth * (library / scale)[:, None]).astype(np.float32)
 
 
-@register("impute", "knn", description="kNN smoothing in PCA space of log-normalised counts (baseline)")
-def impute_knn(adata: AnnData, layer: str | None = None, *, n_neighbors: int = 15, n_pcs: int = 30,
-               seed: int = 0, copy: bool = False) -> TaskGen:
+@register("impute", "knn", refuses=("reference",), label="Average of similar cells (quick baseline)",
+          description="kNN smoothing in PCA space of log-normalised counts (baseline)")
+def impute_knn(data: ImputationInputs, *, n_neighbors: int = 15, n_pcs: int = 30) -> TaskGen:
     """Baseline imputation: average each cell over its nearest cells in expression space.
 
     Counts are normalised to the median library size and log1p-transformed; cells are
@@ -222,29 +349,21 @@ def impute_knn(adata: AnnData, layer: str | None = None, *, n_neighbors: int = 1
 
     Parameters
     ----------
-    adata
-        Cells or spots with raw counts (in ``X`` or ``layer``).
-    layer
-        Layer with the raw counts (None: ``X``).
+    data
+        The prepared counts (see :func:`napari_spatialdl.impute`).
     n_neighbors
         Cells averaged per cell (itself included).
     n_pcs
         Principal components of the neighbour search.
-    seed
-        Random seed of the PCA solver.
-    copy
-        Return a new AnnData instead of writing into ``adata``.
 
     Returns
     -------
-    TaskResult
-        ``layers['spatialdl_imputed']`` written.
+    ImputationOutput
+        The smoothed counts.
     """
-    params = {"layer": layer, "n_neighbors": n_neighbors, "n_pcs": n_pcs, "seed": seed}
     check_positive(n_neighbors=n_neighbors, n_pcs=n_pcs)
-    X, keep, info = _counts_and_genes(adata, layer)
     start = time.perf_counter()
     yield ProgressEvent(0, 1, 0, message="kNN smoothing", stage="smooth")
-    values = knn_smooth(X, int(n_neighbors), int(n_pcs), int(seed))
+    values = knn_smooth(data.counts, n_neighbors, n_pcs, data.seed)
     yield ProgressEvent(1, 1, 1, message="done", stage="smooth", elapsed=time.perf_counter() - start)
-    return _write(adata, copy, "knn", values, keep, params, None, time.perf_counter() - start, None, info)
+    return ImputationOutput(imputed=values)
