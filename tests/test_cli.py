@@ -130,8 +130,35 @@ def test_run_needs_reference(tmp_path, small_tissue):
     spatial, _ = small_tissue
     path = tmp_path / "s.h5ad"
     spatial.write_h5ad(path)
-    with pytest.raises(SystemExit, match="--reference"):
+    with pytest.raises(SystemExit) as exit_info:
         cli.main(["run", "deconvolve", str(path), "--out", str(tmp_path / "o.h5ad")])
+    assert exit_info.value.code == 2
+
+
+def test_run_input_error_is_one_line_unless_debug(tmp_path, small_tissue, capsys):
+    spatial, reference = small_tissue
+    sp_path, ref_path = tmp_path / "s.h5ad", tmp_path / "r.h5ad"
+    spatial.write_h5ad(sp_path)
+    reference.write_h5ad(ref_path)
+    argv = ["run", "deconvolve", str(sp_path), "--reference", str(ref_path), "--labels-key", "celltype",
+            "--out", str(tmp_path / "o.h5ad")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "celltype" in err[0] and "cell_type" in err[0]
+    assert "Traceback" not in "".join(err)
+    with pytest.raises(ValueError, match="celltype"):
+        cli.main(["--debug", *argv])
+    assert not (tmp_path / "o.h5ad").exists()
+
+
+def test_run_options_come_from_the_method_signature(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["run", "deconvolve", "--method", "spatialdl", "--help"])
+    out = capsys.readouterr().out
+    assert "--spatial-smoothing" in out and "--n-top-genes" in out and "--key-added" in out
+    with pytest.raises(SystemExit):
+        cli.main(["run", "deconvolve", "--method", "nnls", "--help"])
+    assert "--spatial-smoothing" not in capsys.readouterr().out
 
 
 def test_methods_lists_every_task(capsys):

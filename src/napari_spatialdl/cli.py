@@ -263,7 +263,7 @@ def _parse_params(items: Sequence[str]) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
-            raise SystemExit(f"--param expects name=value, got {item!r}")
+            raise CliError(f"--param expects name=value, got {item!r}.")
         name, _, raw = item.partition("=")
         try:
             value = ast.literal_eval(raw)
@@ -273,68 +273,146 @@ def _parse_params(items: Sequence[str]) -> dict[str, Any]:
     return params
 
 
-def _read(path: str) -> Any:
+class CliError(Exception):
+    """A command-line mistake: printed as one line, exit status 2."""
+
+
+def _read(path: str, *, reference: bool = False) -> Any:
     from .io import read_counts_csv, read_h5ad, read_visium
 
     p = Path(path)
+    if not p.exists():
+        raise CliError(f"{path} does not exist.")
+    if p.suffix == ".zarr" or (p.is_dir() and (p / "zarr.json").exists() or (p / ".zgroup").exists()):
+        from . import io
+
+        return io.read_spatialdata(p)
     if p.is_dir():
         return read_visium(p)
     if p.suffix == ".h5ad":
-        return read_h5ad(p)
+        return read_h5ad(p, validate=not reference)  # a reference needs no coordinates
     if p.name.endswith((".csv", ".csv.gz")):
         return read_counts_csv(p)
-    raise SystemExit(f"Cannot read {path}: give a Space Ranger folder, a .h5ad or a counts .csv.")
+    raise CliError(f"Cannot read {path}: give a Space Ranger folder, a SpatialData .zarr, a .h5ad "
+                   "or a counts .csv.")
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _arg_type(annotation: Any) -> Callable[[str], Any]:
+    """argparse keeps the text; the task core coerces it from the method's annotation."""
+    def parse(raw: str) -> Any:
+        if raw in ("None", "none"):
+            return None
+        return raw
+
+    return parse
+
+
+def add_task_arguments(parser: argparse.ArgumentParser, task: str, method: str | None) -> None:
+    """The inputs, options and (for ``method``) the method's parameters of ``task``, from its spec."""
+    from .tasks import get_method, get_spec, method_params
+    from .tasks._spec import DATA, REFERENCE
+
+    spec = get_spec(task)
+    for inp in spec.inputs:
+        if inp.role == DATA:
+            parser.add_argument("input", help=f"{inp.doc}: Space Ranger folder, .zarr, .h5ad or counts .csv")
+        elif inp.role == REFERENCE:
+            parser.add_argument(_option(inp.name), dest=inp.name, required=inp.required,
+                                help=f"{inp.doc} (.h5ad, .zarr or counts .csv)")
+        else:
+            parser.add_argument(_option(inp.name), dest=inp.name, required=inp.required,
+                                default=None, help=inp.doc)
+    for opt in spec.options:
+        parser.add_argument(_option(opt.name), dest=opt.name, type=_arg_type(opt.annotation),
+                            default=opt.default, help=f"{opt.doc} (default {opt.default!r})")
+    parser.add_argument("--out", required=True, help="output .h5ad (or .zarr for SpatialData input)")
+    parser.add_argument("--method", default="spatialdl", help="see `napari-spatialdl methods`")
+    parser.add_argument("--key-added", dest="key_added", default=None,
+                        help="write the result under this key instead of the default")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    parser.add_argument("--seed", default=0, help="random seed (default 0)")
+    parser.add_argument("--param", action="append", metavar="NAME=VALUE",
+                        help="a method parameter, repeatable (or use its own --option)")
+    if method is None:
+        return
+    try:
+        m = get_method(task, method)
+    except (ValueError, ImportError) as err:
+        raise CliError(str(err)) from None
+    taken = {a.dest for a in parser._actions}
+    for p in method_params(m):
+        if p.name in taken:
+            continue
+        default = None if p.required else p.default
+        parser.add_argument(_option(p.name), dest=p.name, type=_arg_type(p.annotation), default=argparse.SUPPRESS,
+                            help=f"{p.doc} (default {default!r})")
 
 
 def run_task(args: argparse.Namespace, stream: Any = None) -> Any:
     """``napari-spatialdl run``: read, run one task, write the result to ``--out`` (.h5ad)."""
     from .io import write_h5ad
-    from .tasks import api as tasks
+    from .tasks import get_spec
+    from .tasks import run_task as run
+    from .tasks._spec import DATA, REFERENCE
 
     stream = stream or sys.stdout
-    adata = _read(args.input)
-    params = _parse_params(args.param or [])
-    progress = progress_printer(stream)
-    needs_reference = args.task in ("deconvolve", "annotate")
-    if needs_reference and (args.reference is None or args.labels_key is None):
-        raise SystemExit(f"{args.task} needs --reference and --labels-key.")
-    if args.task == "integrate" and args.batch_key is None:
-        raise SystemExit("integrate needs --batch-key.")
-    func = getattr(tasks, args.task)
-    if needs_reference:
-        result = func(adata, _read(args.reference), args.labels_key, method=args.method,
-                      progress=progress, **params)
-    elif args.task == "integrate":
-        result = func(adata, args.batch_key, method=args.method, progress=progress, **params)
-    else:
-        result = func(adata, method=args.method, progress=progress, **params)
+    spec = get_spec(args.task)
+    values = vars(args).copy()
+    adata = _read(values.pop("input"))
+    inputs: dict[str, Any] = {}
+    for inp in spec.inputs:
+        if inp.role == DATA:
+            continue
+        value = values.pop(inp.name, None)
+        inputs[inp.name] = _read(value, reference=True) if (inp.role == REFERENCE and value is not None) else value
+    params = _parse_params(values.pop("param", None) or [])
+    for name in ("command", "task", "out", "debug"):
+        values.pop(name, None)
+    params.update({k: v for k, v in values.items() if v is not None or k == "key_added"})
+    result = run(args.task, adata, **inputs, progress=progress_printer(stream), **params)
     out = getattr(result, "adata", None)
     out = adata if out is None else out
-    write_h5ad(out, args.out)
+    if str(args.out).endswith(".zarr"):  # results into a SpatialData (the input's, or a new one)
+        from .io import write_spatialdata
+
+        write_spatialdata(out, args.out)
+    else:
+        write_h5ad(out, args.out)
     keys = getattr(result, "keys", {})
     print(f"Wrote {Path(args.out).resolve()} ({', '.join(f'{k}: {v}' for k, v in keys.items())})",
           file=stream, flush=True)
     return result
 
 
-def list_methods_text() -> str:
-    """One line per task and method, with its description."""
-    from .tasks import list_methods
+def list_methods_text(task: str | None = None) -> str:
+    """One line per task and method (plain-words label and the technical description); with
+    ``task``, each method's parameters too."""
+    from .tasks import list_methods, method_params
 
     lines = []
-    for task in TASKS:
-        for m in list_methods(task):
+    for t in (task,) if task else TASKS:
+        for m in list_methods(t):
             status = "" if m.available() else "  (not installed)"
-            lines.append(f"{task:11s} {m.name:14s} {m.description}{status}")
+            lines.append(f"{t:11s} {m.name:14s} {m.title}{status}")
+            if task:
+                lines.append(f"{'':26s}{m.description}")
+                for p in method_params(m):
+                    default = "required" if p.required else f"default {p.default!r}"
+                    lines.append(f"{'':28s}{_option(p.name)} ({default}): {p.doc}")
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``napari-spatialdl``."""
+def build_parser(task: str | None = None, method: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser of ``napari-spatialdl`` (``run TASK`` options from the task's spec)."""
     parser = argparse.ArgumentParser(
         prog="napari-spatialdl",
         description="Deep-learning models for spatial transcriptomics, on the tissue image.",
     )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="deconvolve a synthetic tissue and show the result")
@@ -347,24 +425,53 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra method parameter, repeatable (e.g. --param max_epochs=200)")
 
     r = sub.add_parser("run", help="run a task on files and write the result to .h5ad")
-    r.add_argument("task", choices=TASKS)
-    r.add_argument("input", help="Space Ranger folder, .h5ad or counts .csv")
-    r.add_argument("--out", required=True, help="output .h5ad")
-    r.add_argument("--reference", help="annotated reference (deconvolve, annotate)")
-    r.add_argument("--labels-key", help="reference obs column with the cell types")
-    r.add_argument("--batch-key", help="obs column with the batch (integrate)")
-    r.add_argument("--method", default="spatialdl")
-    r.add_argument("--param", action="append", metavar="NAME=VALUE", help="method parameter, repeatable")
+    tasks = r.add_subparsers(dest="task", required=True)
+    for t in TASKS:
+        tp = tasks.add_parser(t, help=f"{t} (options of a method: `run {t} --method NAME --help`)")
+        if t == task:  # only the chosen task's spec is read (keeps `demo` light)
+            add_task_arguments(tp, t, method or "spatialdl")
 
-    sub.add_parser("methods", help="list the methods of every task")
+    m = sub.add_parser("methods", help="list the methods of every task (of one task: with parameters)")
+    m.add_argument("task", nargs="?", choices=TASKS)
     return parser
 
 
+def _task_and_method(argv: Sequence[str]) -> tuple[str | None, str | None]:
+    argv = list(argv)
+    if "run" not in argv:
+        return None, None
+    rest = argv[argv.index("run") + 1:]
+    task = rest[0] if rest and rest[0] in TASKS else None
+    method = None
+    for i, item in enumerate(rest):
+        if item == "--method" and i + 1 < len(rest):
+            method = rest[i + 1]
+        elif item.startswith("--method="):
+            method = item.split("=", 1)[1]
+    return task, method
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``napari-spatialdl`` command."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``napari-spatialdl`` command.
+
+    Input errors print one line and exit with status 2 (``--debug``: the traceback).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        return _main(argv)
+    except (CliError, ValueError, ImportError, FileNotFoundError) as err:
+        if debug:
+            raise
+        print(f"napari-spatialdl: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str]) -> int:
+    task, method = _task_and_method(argv)
+    args = build_parser(task, method).parse_args(argv)
     if args.command == "methods":
-        print(list_methods_text())
+        print(list_methods_text(args.task))
         return 0
     if args.command == "run":
         run_task(args)
