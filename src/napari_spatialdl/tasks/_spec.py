@@ -152,11 +152,19 @@ SPECS: dict[str, TaskSpec] = {}
 
 
 def register_spec(spec: TaskSpec) -> TaskSpec:
+    """Make ``spec`` the contract of its task (each task module calls this once)."""
     SPECS[spec.name] = spec
     return spec
 
 
 def get_spec(task: str) -> TaskSpec:
+    """The contract of ``task`` (``"impute"``, ``"integrate"``, ``"deconvolve"``, ``"annotate"``).
+
+    Parameters
+    ----------
+    task
+        The task's name.
+    """
     from ._registry import _load_builtin_methods
 
     _load_builtin_methods()
