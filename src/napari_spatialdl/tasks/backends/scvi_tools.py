@@ -24,7 +24,7 @@ import queue
 import threading
 import time
 from collections.abc import Generator
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -33,8 +33,11 @@ from anndata import AnnData
 
 from ...models import ProgressEvent, TrainingHistory
 from .._registry import register
+from .._spec import BATCH, BatchKey, Role
 from .._validate import InputError
+from ..annotation import AnnotationInputs, AnnotationOutput
 from ..deconvolution import DeconvolutionInputs, DeconvolutionOutput
+from ..imputation import ImputationInputs, ImputationOutput
 from ._common import deconvolution_output, versions
 
 _BATCH = "_sdl_batch"
@@ -285,3 +288,158 @@ def deconvolve_destvi(data: DeconvolutionInputs, *, sc_epochs: int = 300, st_epo
     info = dict(data.gene_info(), versions_backend=versions("scvi"))
     return deconvolution_output(data, _proportions(st_model), model=st_model,
                                 history=_merge([h1, h2]), info=info)
+
+
+# ----------------------------------------------------------------------------- scANVI (shared)
+
+def _scanvi(ad: AnnData, *, n_latent: int, gene_likelihood: str, scvi_epochs: int | None,
+            scanvi_epochs: int | None, device: Any, batch: bool = True
+            ) -> Generator[ProgressEvent, None, tuple[Any, TrainingHistory]]:
+    """SCVI pre-training then SCANVI on ``ad`` (obs ``_BATCH``, ``_LABELS``, unlabelled
+    ``_UNLABELED``); returns (the SCANVI model, both trainings' history)."""
+    import scvi
+
+    scvi.model.SCVI.setup_anndata(ad, batch_key=_BATCH if batch else None, labels_key=_LABELS)
+    vae = scvi.model.SCVI(ad, n_latent=n_latent, gene_likelihood=gene_likelihood)
+    n1 = _default_epochs(scvi_epochs, ad.n_obs)
+    h1 = yield from _train(vae, n1, device, "scvi")
+    model = scvi.model.SCANVI.from_scvi_model(vae, unlabeled_category=_UNLABELED, labels_key=_LABELS)
+    if scanvi_epochs is None:
+        # scvi-tools' default after pre-training: min(10, max(2, round(heuristic / 3)))
+        scanvi_epochs = int(min(10, max(2, round(n1 / 3.0))))
+    h2 = yield from _train(model, scanvi_epochs, device, "scanvi")
+    return model, _merge([h1, h2])
+
+
+# ----------------------------------------------------------------------------- annotation
+
+def _reference_rows(data: AnnotationInputs) -> np.ndarray:
+    """Positions in ``data.reference`` of the cells in ``data.ref_counts`` (its labelled cells)."""
+    labelled = np.flatnonzero(data.reference.obs[data.labels_key].notna().to_numpy())
+    if len(labelled) != len(data.ref_labels):
+        raise InputError(
+            f"{data.n_ref_dropped} labelled cells of the reference have no counts in the "
+            f"{len(data.genes)} genes it shares with the query, so scANVI cannot match the reference's "
+            "batches to its cells. Remove those cells from the reference, or pass batch_key=None.")
+    return labelled
+
+
+def _annotation_batches(data: AnnotationInputs, batch_key: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Batch of every reference cell used and of every query cell, for scANVI's covariate."""
+    n_ref, n_query = len(data.ref_labels), data.data.n_obs
+    if batch_key is None:  # the two datasets are the batches (one, when they are one object)
+        if data.same_object:
+            return np.full(n_ref, "data", dtype=object), np.full(n_query, "data", dtype=object)
+        return np.full(n_ref, "reference", dtype=object), np.full(n_query, "query", dtype=object)
+    query_batches = np.asarray(data.columns["batch_key"], dtype=object)
+    if data.same_object:
+        return query_batches[_reference_rows(data)], query_batches
+    if batch_key in data.reference.obs.columns:
+        ref_batches = data.reference.obs[batch_key].astype(str).to_numpy(dtype=object)
+        return ref_batches[_reference_rows(data)], query_batches
+    return np.full(n_ref, "reference", dtype=object), query_batches
+
+
+@register("annotate", "scanvi", requires=("scvi",),
+          label="scvi-tools scANVI (published method, slow)",
+          description="scvi-tools SCANVI trained on reference + query, labels predicted for the query")
+def annotate_scanvi(data: AnnotationInputs, *,
+                    batch_key: Annotated[str, Role(BATCH, of="query")] | None = None,
+                    n_latent: int = 10, scvi_epochs: int | None = None,
+                    scanvi_epochs: int | None = 20) -> Generator[ProgressEvent, None, AnnotationOutput]:
+    """Label transfer with scANVI: the labelled reference cells and the query trained together.
+
+    SCVI is pre-trained on the labelled reference cells and every query cell (unlabelled), then
+    SCANVI learns the labels; the query cells' class probabilities are SCANVI's predictions.
+    When the query is the reference itself, its labelled cells enter both as labelled cells and
+    as query cells. Reference cells without a label are not used.
+
+    Parameters
+    ----------
+    data
+        The prepared query and reference (see :func:`napari_spatialdl.annotate`).
+    batch_key
+        ``query.obs`` column with the batch (sample, section) of every query cell, a covariate
+        of the model. Reference cells take their batch from the reference's column of the same
+        name, or are one batch when it has none. None: the query and the reference are the two
+        batches.
+    n_latent
+        Size of the latent space.
+    scvi_epochs
+        Epochs of the SCVI pre-training (None: scvi-tools' heuristic,
+        ``min(400, 20000 / n_cells * 400)``).
+    scanvi_epochs
+        Epochs of SCANVI (None: scvi-tools' default, about a third of the pre-training, at most
+        10; 20 is the value of scvi-tools' tutorials and does better on small references).
+    """
+    _check_epochs(scvi_epochs=scvi_epochs, scanvi_epochs=scanvi_epochs)
+    n_ref, n_query = len(data.ref_labels), data.data.n_obs
+    _check_latent(n_latent, n_ref + n_query, len(data.genes))
+    ref_batches, query_batches = _annotation_batches(data, batch_key)
+    counts = sp.vstack([sp.csr_matrix(data.ref_counts, dtype=np.float32),
+                        sp.csr_matrix(data.query_counts, dtype=np.float32)], format="csr")
+    labels = np.concatenate([data.ref_labels.astype(object), np.full(n_query, _UNLABELED, dtype=object)])
+    ad = _adata(counts, [f"ref{i}" for i in range(n_ref)] + [f"query{i}" for i in range(n_query)],
+                data.genes, {_BATCH: np.concatenate([ref_batches, query_batches]), _LABELS: labels})
+    _seed(data.seed)
+    model, history = yield from _scanvi(ad, n_latent=n_latent, gene_likelihood="zinb",
+                                        scvi_epochs=scvi_epochs, scanvi_epochs=scanvi_epochs,
+                                        device=data.device)
+    probs = model.predict(ad, indices=np.arange(n_ref, n_ref + n_query), soft=True)
+    probs = probs.drop(columns=[c for c in probs.columns if str(c) == _UNLABELED], errors="ignore")
+    P = probs.to_numpy(dtype=np.float64)
+    sums = P.sum(axis=1, keepdims=True)
+    P = np.where(sums > 0, P / np.where(sums > 0, sums, 1.0), 1.0 / P.shape[1])
+    info = {"versions_backend": versions("scvi"), "n_batches": int(len(set(ad.obs[_BATCH])))}
+    return AnnotationOutput(probabilities=P, classes=[str(c) for c in probs.columns], model=model,
+                            history=history, info=info)
+
+
+# ----------------------------------------------------------------------------- imputation
+
+@register("impute", "scvi", requires=("scvi",), refuses=("reference",),
+          label="scvi-tools scVI denoising (published method)",
+          description="scvi-tools SCVI: expected counts (normalised expression x library size)")
+def impute_scvi(data: ImputationInputs, *, batch_key: BatchKey | None = None, n_latent: int = 10,
+                gene_likelihood: Literal["zinb", "nb", "poisson"] = "zinb",
+                max_epochs: int | None = None, n_samples: int = 10
+                ) -> Generator[ProgressEvent, None, ImputationOutput]:
+    """Denoising with scvi-tools' SCVI: ``get_normalized_expression`` x each cell's library size.
+
+    The genes without any count are left out (the task writes them as 0).
+
+    Parameters
+    ----------
+    data
+        The prepared counts (see :func:`napari_spatialdl.impute`).
+    batch_key
+        Optional ``adata.obs`` column with the batch of every observation (a covariate of the
+        model).
+    n_latent
+        Size of the latent space.
+    gene_likelihood
+        ``'zinb'`` (zero-inflated negative binomial), ``'nb'`` or ``'poisson'``.
+    max_epochs
+        Training epochs (None: scvi-tools' heuristic, ``min(400, 20000 / n_cells * 400)``).
+    n_samples
+        Posterior samples averaged for the expected expression.
+    """
+    _check_epochs(max_epochs=max_epochs)
+    if n_samples < 1:
+        raise InputError(f"n_samples must be at least 1, got {n_samples}.")
+    _check_likelihood(gene_likelihood)
+    _check_latent(n_latent, data.data.n_obs, len(data.genes))
+    obs = {_BATCH: data.columns["batch_key"]} if batch_key is not None else None
+    ad = _adata(data.counts, data.data.obs_names, data.genes, obs)
+    import scvi
+
+    _seed(data.seed)
+    scvi.model.SCVI.setup_anndata(ad, batch_key=_BATCH if batch_key is not None else None)
+    model = scvi.model.SCVI(ad, n_latent=n_latent, gene_likelihood=gene_likelihood)
+    n_epochs = _default_epochs(max_epochs, ad.n_obs)
+    history = yield from _train(model, n_epochs, data.device, "scvi")
+    freq = model.get_normalized_expression(library_size=1.0, n_samples=n_samples, return_mean=True,
+                                           return_numpy=True)
+    imputed = (np.asarray(freq, dtype=np.float64) * data.library[:, None]).astype(np.float32)
+    return ImputationOutput(imputed=imputed, model=model, history=history,
+                            info={"versions_backend": versions("scvi"), "max_epochs_used": n_epochs})
