@@ -28,6 +28,12 @@ _LAZY = {
     "read_h5ad": "._h5ad",
     "read_counts_csv": "._csv",
     "write_h5ad": "._write",
+    "read_spatialdata": "._spatialdata",
+    "read_visium_hd": "._spatialdata",
+    "read_xenium": "._spatialdata",
+    "write_spatialdata": "._spatialdata",
+    "spatialdata_to_anndata": "._spatialdata",
+    "result_keys": "._spatialdata",
 }
 
 __all__ = [
@@ -41,11 +47,17 @@ __all__ = [
     "image_problem",
     "read_counts_csv",
     "read_h5ad",
+    "read_spatialdata",
     "read_visium",
+    "read_visium_hd",
+    "read_xenium",
+    "result_keys",
+    "spatialdata_to_anndata",
     "spot_diameter_px",
     "spots_px",
     "validate_spatial",
     "write_h5ad",
+    "write_spatialdata",
 ]
 
 if TYPE_CHECKING:
@@ -62,6 +74,14 @@ if TYPE_CHECKING:
         spot_diameter_px,
         spots_px,
         validate_spatial,
+    )
+    from ._spatialdata import (
+        read_spatialdata,
+        read_visium_hd,
+        read_xenium,
+        result_keys,
+        spatialdata_to_anndata,
+        write_spatialdata,
     )
     from ._visium import find_spaceranger_root, read_visium
     from ._write import write_h5ad
