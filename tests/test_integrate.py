@@ -1,4 +1,5 @@
-"""Batch integration: the native conditional VAE (``spatialdl``), query mapping, the PCA baseline."""
+"""Batch integration: the native conditional VAE (``spatialdl``), query mapping, the PCA baseline,
+Harmony; all through the public API (the task contract: one prepare, one write)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from sklearn.neighbors import NearestNeighbors
 from napari_spatialdl._constants import LATENT_KEY, UNS_KEY
 from napari_spatialdl.models._train import run_to_end
 from napari_spatialdl.models.integrate import BatchEmbedding, IntegrationModel
-from napari_spatialdl.tasks import InputError, integrate, list_methods, map_query
-from napari_spatialdl.tasks.integrate import (
+from napari_spatialdl.preprocessing import highly_variable_genes
+from napari_spatialdl.tasks import InputError, integrate, integrate_iter, list_methods, map_query
+from napari_spatialdl.tasks.integration import (
+    DEFAULT_N_TOP_GENES,
     default_epochs,
     integrate_pca,
     integrate_spatialdl,
@@ -104,7 +107,10 @@ def integrated():
 
 def test_integration_mixes_batches_and_keeps_cell_types(integrated):
     adata, result = integrated
-    pca = integrate(adata, "batch", method="pca", copy=True).adata.obsm[LATENT_KEY]
+    baseline = integrate(adata, "batch", method="pca", copy=True)
+    # adata holds the VAE's result already: the baseline's goes beside it
+    assert baseline.keys == {"obsm": f"{LATENT_KEY}_pca"}
+    pca = baseline.adata.obsm[f"{LATENT_KEY}_pca"]
     Z = adata.obsm[LATENT_KEY]
     assert Z.shape == (adata.n_obs, 10) and np.isfinite(Z).all()
     b, t = adata.obs["batch"], adata.obs["cell_type"]
@@ -167,7 +173,7 @@ def test_save_load_reproduces_the_latent_space(tmp_path, integrated):
 def test_closing_the_generator_leaves_adata_unchanged():
     adata = make_batches(n_per=15)
     snap = snapshot(adata)
-    gen = integrate_spatialdl(adata, "batch", max_epochs=50)
+    gen = integrate_iter(adata, "batch", max_epochs=50)
     for _ in range(3):
         next(gen)
     gen.close()
@@ -265,6 +271,40 @@ def test_map_query_bad_input(integrated):
     assert_unchanged(query, snap)
 
 
+def test_map_query_with_repeated_gene_names_says_how_to_fix_it(integrated):
+    _, result = integrated
+    query = make_batches(batches=("q0",), n_per=10, seed=3)
+    names = list(query.var_names)
+    names[1] = names[0]
+    query.var_names = names
+    snap = snapshot(query)
+    with pytest.raises(InputError, match=r"^query has 1 gene name that occur more than once \(e\.g\. 'g0'\).*"
+                                         r"call query\.var_names_make_unique\(\) first"):
+        map_query(query, result)
+    assert_unchanged(query, snap)
+    query.var_names_make_unique()
+    assert map_query(query, result, max_epochs=2, copy=True).info["n_genes_missing"] == 1
+
+
+def test_map_query_checks_the_batch_column_and_writes_like_integrate(integrated):
+    _, result = integrated
+    query = make_batches(batches=("q0", "q1"), n_per=10, seed=6)
+    query.obs["barcode"] = query.obs_names.to_numpy()
+    snap = snapshot(query)
+    with pytest.raises(InputError, match=r"query\.obs\['barcode'\] cannot be used as batch_key.*"
+                                         r"different value"):
+        map_query(query, result, batch_key="barcode")
+    with pytest.raises(InputError, match=r"query\.layers\['raw'\] not found"):
+        map_query(query, result, layer="raw")
+    assert_unchanged(query, snap)
+    res = map_query(query, result, max_epochs=2, key_added="X_query")
+    assert res.keys == {"obsm": "X_query"} and query.obsm["X_query"].shape == (query.n_obs, 10)
+    meta = query.uns[UNS_KEY]["X_query"]
+    assert meta["method"] == "spatialdl" and meta["params"]["mode"] == "query mapping"
+    assert meta["params"]["batch_key"] == "batch" and meta["params"]["max_epochs"] == 2
+    assert meta["keys"]["latent"] == "obsm/X_query"
+
+
 def test_batch_embedding_extends_without_touching_old_blocks():
     emb = BatchEmbedding([3], 4)
     old = emb.blocks[0].detach().clone()
@@ -294,7 +334,7 @@ def _bad_inputs():
 
     def empty_cell(a):
         a.X[5] = 0
-        return {"batch_key": "batch"}, "observations have no counts"
+        return {"batch_key": "batch"}, "observations of adata have no counts"
 
     def nan(a):
         a.X[2, 2] = np.nan
@@ -345,11 +385,101 @@ def test_empty_genes_are_dropped_and_reported():
     assert len(res.model.genes) == 100 - n and "g3" not in res.model.genes
 
 
+@pytest.mark.parametrize("column", ["cell_id", "total_counts", "log_total"])
+def test_batch_column_of_ids_or_measurements_is_refused(column):
+    adata = make_batches(n_per=40)  # 360 cells
+    adata.obs["cell_id"] = adata.obs_names.to_numpy()
+    adata.obs["total_counts"] = adata.X.sum(axis=1)  # integer-valued, one per cell nearly
+    adata.obs["log_total"] = np.log1p(adata.obs["total_counts"])
+    snap = snapshot(adata)
+    reason = {"cell_id": r"a different value for \(nearly\) every observation",
+              "total_counts": r"looks like a measurement",
+              "log_total": r"holds continuous numbers"}[column]
+    for method in ("spatialdl", "pca"):
+        with pytest.raises(InputError, match=rf"adata\.obs\['{column}'\] cannot be used as batch_key: it .*"
+                                             rf"{reason}.*fit a batch column: batch\b") as err:
+            integrate(adata, column, method=method)
+        assert column in str(err.value)
+        assert_unchanged(adata, snap)
+
+
+def test_a_second_method_goes_beside_the_first_and_key_added(integrated):
+    adata, _ = integrated
+    adata = adata.copy()
+    first = adata.obsm[LATENT_KEY].copy()
+    pca = integrate(adata, "batch", method="pca", n_comps=6)
+    assert pca.keys == {"obsm": f"{LATENT_KEY}_pca"} and pca.adata is adata
+    assert adata.obsm[f"{LATENT_KEY}_pca"].shape == (adata.n_obs, 6)
+    np.testing.assert_array_equal(adata.obsm[LATENT_KEY], first)  # the first result is kept
+    records = adata.uns[UNS_KEY]
+    assert records["integrate"]["method"] == "spatialdl"
+    assert records[f"{LATENT_KEY}_pca"]["method"] == "pca"
+    assert records[f"{LATENT_KEY}_pca"]["params"]["n_comps"] == 6
+    # key_added says where, for the same method too
+    own = integrate(adata, "batch", method="pca", n_comps=4, key_added="X_mine")
+    assert own.keys == {"obsm": "X_mine"} and adata.obsm["X_mine"].shape == (adata.n_obs, 4)
+    assert records["X_mine"]["params"]["key_added"] == "X_mine"
+    np.testing.assert_array_equal(adata.obsm[LATENT_KEY], first)
+    assert adata.obsm[f"{LATENT_KEY}_pca"].shape[1] == 6
+    with pytest.raises(InputError, match="key_added must be a non-empty string"):
+        integrate(adata, "batch", method="pca", key_added="  ")
+
+
+def test_parameter_types_are_coerced_or_refused():
+    adata = make_batches(n_per=10)
+    res = integrate(adata, "batch", max_epochs="3", n_latent="4", copy=True)
+    assert res.history.n_epochs == 3 and res.adata.obsm[LATENT_KEY].shape == (adata.n_obs, 4)
+    assert res.adata.uns[UNS_KEY]["integrate"]["params"]["max_epochs"] == 3
+    snap = snapshot(adata)
+    with pytest.raises(InputError, match="max_epochs must be an integer"):
+        integrate(adata, "batch", max_epochs="ten")
+    with pytest.raises(InputError, match="seed must be an integer"):
+        integrate(adata, "batch", seed=None)
+    with pytest.raises(InputError, match="max_epochs must be an integer"):
+        map_query(adata, res, max_epochs="ten")
+    with pytest.raises(InputError, match="seed must be an integer"):
+        map_query(adata, res, seed=None)
+    with pytest.raises(InputError, match="has no parameter 'n_comps'"):
+        integrate(adata, "batch", n_comps=5)  # a parameter of another method
+    assert_unchanged(adata, snap)
+
+
+def test_highly_variable_genes_by_default_when_there_are_many():
+    adata = make_batches(n_per=10, n_genes=DEFAULT_N_TOP_GENES + 300)
+    res = integrate(adata, "batch", max_epochs=3, copy=True)
+    expected = adata.var_names[highly_variable_genes(adata.X, DEFAULT_N_TOP_GENES)]
+    assert res.model.genes == list(expected) and res.info["n_genes_used"] == DEFAULT_N_TOP_GENES
+    assert res.info["gene_selection"] == "highly_variable"
+    assert f"{DEFAULT_N_TOP_GENES} of {adata.n_vars} genes used" in res.info["genes_message"]
+    meta = res.adata.uns[UNS_KEY]["integrate"]
+    assert meta["params"]["n_top_genes"] == DEFAULT_N_TOP_GENES and meta["gene_selection"] == "highly_variable"
+    # fewer genes asked for, or all of them
+    few = integrate(adata, "batch", max_epochs=3, n_top_genes=50, copy=True)
+    assert len(few.model.genes) == 50 and few.adata.uns[UNS_KEY]["integrate"]["params"]["n_top_genes"] == 50
+    every = integrate(adata, "batch", max_epochs=3, n_top_genes=None, copy=True)
+    with_counts = int((adata.X.sum(axis=0) > 0).sum())
+    assert len(every.model.genes) == with_counts and every.info["gene_selection"] == "all"
+    with pytest.raises(InputError, match="n_top_genes must be at least 10"):
+        integrate(adata, "batch", n_top_genes=3)
+    # a query is matched to the model's genes only
+    query = make_batches(batches=("q0",), n_per=10, seed=4, n_genes=DEFAULT_N_TOP_GENES + 300)
+    mapped = map_query(query, res, max_epochs=2, copy=True)
+    assert mapped.info["n_genes_used"] == DEFAULT_N_TOP_GENES and mapped.info["n_genes_missing"] == 0
+
+
+def test_fewer_genes_than_the_default_are_all_used(integrated):
+    adata, result = integrated  # 100 genes < DEFAULT_N_TOP_GENES: no selection
+    assert result.info["gene_selection"] == "all" and len(result.model.genes) == adata.n_vars
+    assert result.info["genes_message"] == f"All {adata.n_vars} genes used."
+
+
 # ----------------------------------------------------------------------------- baseline, registry
 
 def test_pca_baseline(integrated):
     adata, _ = integrated
-    res = run_to_end(integrate_pca(adata, "batch", n_comps=8, copy=True))
+    adata = adata.copy()  # without the VAE's result, the baseline writes to the default key
+    del adata.obsm[LATENT_KEY], adata.uns[UNS_KEY]
+    res = integrate(adata, "batch", method="pca", n_comps=8, copy=True)
     Z = res.adata.obsm[LATENT_KEY]
     assert Z.shape == (adata.n_obs, 8) and res.method == "pca"
     assert np.all(np.diff(Z.var(axis=0)) <= 1e-6)  # components by decreasing variance
@@ -368,6 +498,26 @@ def test_methods_are_registered():
         run_to_end(api_map(query, object()))
 
 
+def test_harmony_on_counts_and_on_normalised_values():
+    pytest.importorskip("harmonypy")
+    # a milder batch effect than the fixture's: Harmony (a linear correction of the principal
+    # components) cannot undo a gene-wise factor of exp(N(0, 1)); it mixes these batches
+    adata = make_batches(batch_strength=0.3)
+    pca = integrate(adata, "batch", method="pca", copy=True).adata.obsm[LATENT_KEY]
+    res = integrate(adata, "batch", method="harmony", n_pcs=20, copy=True)
+    Z = res.adata.obsm[LATENT_KEY]
+    assert Z.shape == (adata.n_obs, 20) and res.info["log_normalised_counts"]
+    assert batch_mixing(Z, adata.obs["batch"]) > batch_mixing(pca, adata.obs["batch"]) + 0.15
+    assert label_purity(Z, adata.obs["cell_type"]) > 0.9
+    # normalised values are accepted as they are (Harmony does not need counts)
+    adata.layers["lognorm"] = np.log1p(adata.X / adata.X.sum(axis=1, keepdims=True) * 1e4)
+    norm = integrate(adata, "batch", method="harmony", layer="lognorm", n_pcs=20, copy=True)
+    assert not norm.info["log_normalised_counts"]
+    np.testing.assert_allclose(norm.adata.obsm[LATENT_KEY], Z, rtol=1e-3, atol=1e-3)
+    meta = norm.adata.uns[UNS_KEY]["integrate"]
+    assert meta["method"] == "harmony" and meta["params"]["layer"] == "lognorm"
+
+
 # ----------------------------------------------------------------------------- real data
 
 @pytest.mark.realdata
@@ -382,6 +532,8 @@ def test_real_hippocampus(shared_data):
     Z = res.adata.obsm[LATENT_KEY]
     assert Z.shape == (adata.n_obs, 10) and np.isfinite(Z).all()
     assert res.info["n_batches"] == 16
+    # 307 genes: the default n_top_genes selects nothing, every gene is modelled
+    assert res.info["gene_selection"] == "all" and len(res.model.genes) == adata.n_vars
     # cell types stay recognisable in the latent space
     assert label_purity(Z, adata.obs["cell_type"]) > 0.5
     # a held-out replicate maps onto the others
