@@ -197,6 +197,16 @@ def test_squares_polygons_and_labels(tmp_path: Path):
     np.testing.assert_allclose(nuc.obs[SIZE_KEY], 2 * np.sqrt(np.array([9.0, 40.0]) / np.pi))
 
 
+def test_csc_counts_become_csr_without_densifying(tmp_path: Path):
+    sdata, _ = _spatialdata(np.random.default_rng(7))
+    csr = sdata.tables["table"].X.copy()
+    sdata.tables["table"].X = sp.csc_matrix(csr)
+    path = tmp_path / "csc.zarr"
+    sdata.write(path)
+    adata = sdl.read_spatialdata(path)
+    assert sp.issparse(adata.X) and adata.X.format == "csr" and (adata.X != csr).nnz == 0
+
+
 def test_rows_without_geometry_are_an_error(tmp_path: Path):
     sdata, _ = _spatialdata(np.random.default_rng(3))
     t = sdata.tables["table"]
@@ -256,7 +266,11 @@ def test_task_runs_and_results_are_written_back_in_place_and_to_a_new_store(tmp_
     keys = sdl.io.result_keys(adata) if hasattr(sdl.io, "result_keys") else None
     assert keys is None or "spatialdl_proportions" in keys["obsm"]
 
+    untouched = {f: f.stat().st_mtime_ns for sub in ("images", "shapes", "tables/table/X")
+                 for f in (path / sub).rglob("*") if f.is_file()}
     out = sdl.write_spatialdata(adata)  # in place
+    assert untouched and all(f.stat().st_mtime_ns == t for f, t in untouched.items()), \
+        "in place, only the table's obs and result entries are rewritten: not X, not the images"
     assert out == path.resolve()
     back = sd.read_zarr(path)
     table = back.tables["table"]
@@ -299,6 +313,13 @@ def test_write_back_of_a_row_subset_and_errors(zarr_path: Path, tmp_path: Path):
     assert table.obs["spatialdl_new"].isna().sum() == 4 and list(table.obs["spatialdl_new"].iloc[[1, 3]]) == ["p", "q"]
     vec = np.asarray(table.obsm["spatialdl_vec"])
     assert np.isnan(vec[[0, 2, 4, 5]]).all() and (vec[[1, 3]] == 1).all()
+    # a layer over some genes and some rows: the other cells stay missing
+    part = adata[[0, 2], 2:5].copy()
+    part.layers["spatialdl_imputed"] = np.full((2, 3), 7.0)
+    sdl.write_spatialdata(part)
+    layer = np.asarray(sd.read_zarr(zarr_path).tables["table"].layers["spatialdl_imputed"])
+    assert layer.shape == (6, len(GENES)) and (layer[np.ix_([0, 2], [2, 3, 4])] == 7).all()
+    assert np.isnan(layer).sum() == layer.size - 6
     # renamed rows cannot be matched
     bad = adata.copy()
     bad.obs_names = [f"x{i}" for i in range(bad.n_obs)]
@@ -633,3 +654,40 @@ def test_npe2_readers_for_visium_hd_and_xenium(visium_hd, xenium):
     meta = layers[1][1]["metadata"]
     assert meta["name"] == "cell_circles" and meta["indices"] == made["ids"]
     assert "morphology_focus" in meta["sdata"].images
+
+
+# ---------------------------------------------------------------------------------------------
+# beside napari-spatialdata (runs where it is installed, under a display)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gui
+@pytest.mark.skipif(not __import__("os").environ.get("DISPLAY"), reason="needs a display (run under xvfb-run)")
+def test_napari_spatialdata_widgets_work_on_our_layers(zarr_path: Path, make_napari_viewer):
+    """Its View widget takes our spots layer (our AnnData) and colours it; its own layer of the same
+    element lands on the same world positions as ours."""
+    pytest.importorskip("napari_spatialdata")
+    from napari.layers import Layer
+    from napari.utils.events import EventedList
+    from napari_spatialdata._sdata_widgets import SdataWidget
+    from napari_spatialdata._view import QtAdataViewWidget
+
+    from napari_spatialdl._napari._npe2_spatialdata import get_reader_spatialdata
+
+    viewer = make_napari_viewer()
+    tuples = get_reader_spatialdata(str(zarr_path))(str(zarr_path))
+    sdata = tuples[-1][1]["metadata"]["sdata"]
+    viewer.window.add_dock_widget(SdataWidget(viewer, EventedList([sdata])), name="SpatialData")
+    view = QtAdataViewWidget(viewer)
+    for data, kwargs, layer_type in tuples:
+        viewer.add_layer(Layer.create(data, kwargs, layer_type))
+    ours = viewer.layers[-1]
+    viewer.layers.selection.active = ours
+    assert view.model.adata is ours.metadata["adata"]
+    assert [view.table_name_widget.itemText(i) for i in range(view.table_name_widget.count())] == ["table"]
+    view.var_widget._onAction([GENES[0]])
+    assert np.ptp(np.asarray(ours.face_color)[:, :3], axis=0).max() > 0, "coloured by the gene"
+    theirs = viewer.window.dock_widgets["SpatialData"].viewer_model.get_sdata_circles(sdata, "spots", "global", False)
+    ours_world = np.array([ours._data_to_world(p) for p in np.asarray(ours.data)])
+    their_world = np.array([theirs._data_to_world(p)[-2:] for p in np.asarray(theirs.data)])
+    np.testing.assert_allclose(ours_world, their_world)
