@@ -89,6 +89,7 @@ class AnnotationInputs(Prepared):
     reference: AnnData | None = None
     query_counts: Any = None  # query cells x shared genes (CSR stays CSR)
     ref_counts: Any = None  # labelled reference cells x shared genes
+    ref_rows: np.ndarray | None = None  # positions in `reference` of the rows of ref_counts
     ref_labels: np.ndarray = field(default_factory=lambda: np.array([], dtype=object))
     classes: list[str] = field(default_factory=list)
     genes: pd.Index = field(default_factory=pd.Index)
@@ -193,6 +194,7 @@ def prepare(inputs: dict[str, Any], *, method: Any, device: Any, seed: int,
     ref_counts = subset_counts(r_X, reference.var_names.get_indexer(genes), np.flatnonzero(labelled))
     ref_labels = pd.Series(labels)[labelled].astype(str).to_numpy()
     has_counts = row_sums(ref_counts) > 0
+    ref_rows = np.flatnonzero(labelled)[has_counts]
     n_dropped = int((~has_counts).sum())
     if n_dropped:
         ref_counts, ref_labels = ref_counts[has_counts], ref_labels[has_counts]
@@ -213,7 +215,7 @@ def prepare(inputs: dict[str, Any], *, method: Any, device: Any, seed: int,
     query_counts = subset_counts(q_X, query.var_names.get_indexer(genes))
     prepared = AnnotationInputs(
         data=query, device=device, seed=seed, reference=reference, query_counts=query_counts,
-        ref_counts=ref_counts, ref_labels=ref_labels, classes=[str(c) for c in per_type.index],
+        ref_counts=ref_counts, ref_rows=ref_rows, ref_labels=ref_labels, classes=[str(c) for c in per_type.index],
         genes=genes, labels_key=labels_key, threshold=threshold,
         n_unlabelled=int((~labelled).sum()), n_ref_dropped=n_dropped,
         n_query_empty=int((row_sums(query_counts) == 0).sum()), same_object=same,

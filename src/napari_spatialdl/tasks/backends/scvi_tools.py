@@ -315,14 +315,8 @@ def _scanvi(ad: AnnData, *, n_latent: int, gene_likelihood: str, scvi_epochs: in
 # ----------------------------------------------------------------------------- annotation
 
 def _reference_rows(data: AnnotationInputs) -> np.ndarray:
-    """Positions in ``data.reference`` of the cells in ``data.ref_counts`` (its labelled cells)."""
-    labelled = np.flatnonzero(data.reference.obs[data.labels_key].notna().to_numpy())
-    if len(labelled) != len(data.ref_labels):
-        raise InputError(
-            f"{data.n_ref_dropped} labelled cells of the reference have no counts in the "
-            f"{len(data.genes)} genes it shares with the query, so scANVI cannot match the reference's "
-            "batches to its cells. Remove those cells from the reference, or pass batch_key=None.")
-    return labelled
+    """Positions in ``data.reference`` of the cells in ``data.ref_counts`` (recorded by prepare)."""
+    return np.asarray(data.ref_rows)
 
 
 def _annotation_batches(data: AnnotationInputs, batch_key: str | None) -> tuple[np.ndarray, np.ndarray]:
