@@ -412,6 +412,11 @@ def make_visium_hd(root: Path, rng: np.random.Generator, bright_bin: int = 13) -
     hires[int(np.floor(y * HD_HIRES)), int(np.floor(x * HD_HIRES))] = 255
     iio.imwrite(root / "spatial" / "tissue_hires_image.png", hires)
     iio.imwrite(root / "spatial" / "tissue_lowres_image.png", hires[::4, ::4])
+    fullres = np.repeat(np.repeat(hires, 4, axis=0), 4, axis=1)  # 800 x 800, the microscope image
+    fullres[fullres == 255] = 90
+    fullres[int(np.floor(y)), int(np.floor(x))] = 255
+    (root / "microscope_image").mkdir()
+    iio.imwrite(root / "microscope_image" / "tissue.tif", fullres)
     # segmented cells: polygons in full-resolution pixels
     seg = root / "segmented_outputs"
     (seg / "spatial").mkdir(parents=True)
@@ -450,7 +455,7 @@ def test_read_visium_hd_bins_on_the_hires_image(visium_hd):
     assert link["shape"] == "square" and link["table"] == "square_008um" and link["reader"] == "visium_hd"
     np.testing.assert_allclose(adata.obs[SIZE_KEY], 8 / HD_MPP)  # the bin's side, full-resolution pixels
     lib = link["library_id"]
-    assert lib == "run" and set(adata.uns["spatial"][lib]["images"]) == {"hires", "lowres"}
+    assert lib == "run" and set(adata.uns["spatial"][lib]["images"]) == {"hires", "lowres", "run_full_image"}
     sf = adata.uns["spatial"][lib]["scalefactors"]
     assert sf["tissue_hires_scalef"] == pytest.approx(HD_HIRES) and sf["tissue_lowres_scalef"] == pytest.approx(HD_LOWRES)
     assert sf["spot_diameter_fullres"] == pytest.approx(16.0)
@@ -459,6 +464,15 @@ def test_read_visium_hd_bins_on_the_hires_image(visium_hd):
     px = spots_px(adata)
     bright = np.flatnonzero((img[np.floor(px[:, 1]).astype(int), np.floor(px[:, 0]).astype(int)] == 255).all(1))
     assert list(adata.obs_names[bright]) == [made[8][0].loc[13, "barcode"]]
+    # the microscope image is the full resolution: Identity, scale factor 1, the bin on its bright pixel
+    full, s_full, _ = get_image(adata, image_key="run_full_image")
+    assert full.shape[:2] == (800, 800) and s_full == pytest.approx(1.0)
+    px = spots_px(adata, image_key="run_full_image")
+    bright = np.flatnonzero((full[np.floor(px[:, 1]).astype(int), np.floor(px[:, 0]).astype(int)] == 255).all(1))
+    assert list(adata.obs_names[bright]) == [made[8][0].loc[13, "barcode"]]
+    # images larger than max_image_side are left out when smaller ones exist
+    small = sdl.read_visium_hd(root, max_image_side=300)
+    assert set(small.uns["spatial"]["run"]["images"]) == {"hires", "lowres"}
 
     sixteen = sdl.read_visium_hd(root, bin_size=16)
     assert sixteen.n_obs == 12 and np.allclose(sixteen.obs[SIZE_KEY], 32.0)
@@ -531,6 +545,12 @@ def make_xenium(root: Path, rng: np.random.Generator) -> dict:
         for dx, dy in ((-2, -2), (2, -2), (2, 2), (-2, 2)):
             verts.append((cid, x + dx, y + dy))
     pd.DataFrame(verts, columns=["cell_id", "vertex_x", "vertex_y"]).to_parquet(root / "cell_boundaries.parquet", index=False)
+    genes = np.array(GENES)
+    tx = pd.DataFrame({"transcript_id": np.arange(40, dtype=np.uint64), "cell_id": np.repeat(ids, 8),
+                       "overlaps_nucleus": np.zeros(40, dtype=np.uint8), "feature_name": genes[np.arange(40) % 12],
+                       "x_location": np.repeat(centroids[:, 0], 8), "y_location": np.repeat(centroids[:, 1], 8),
+                       "z_location": np.full(40, 5.0), "qv": np.full(40, 30.0)})
+    tx.to_parquet(root / "transcripts.parquet", index=False)
     dapi = rng.integers(100, 400, size=(360, 400), dtype=np.uint16)
     for x, y in px.astype(int):
         dapi[y, x] = 60000
@@ -564,6 +584,22 @@ def test_read_xenium_cells_on_the_morphology_image(xenium):
     small = sdl.read_xenium(root, max_image_side=100)
     img_s, scalef_s, _ = get_image(small)
     assert max(img_s.shape) <= 100 and scalef_s == pytest.approx(img_s.shape[1] / made["dapi"].shape[1], rel=0.02)
+
+
+def test_xenium_transcripts_and_boundaries_go_into_the_written_spatialdata(xenium, tmp_path: Path):
+    root, made = xenium
+    plain = sdl.read_xenium(root)
+    adata = sdl.read_xenium(root, transcripts=True, cells_boundaries=True)
+    np.testing.assert_allclose(adata.obsm["spatial"], plain.obsm["spatial"])  # positions: the cell circles
+    adata.obs["spatialdl_type"] = pd.Categorical(["a", "b", "a", "b", "a"])
+    out = sdl.write_spatialdata(adata, tmp_path / "xe.zarr")
+    back = sd.read_zarr(out)
+    assert "transcripts" in back.points and len(back.points["transcripts"]) == 40
+    assert {"cell_circles", "cell_boundaries"} <= set(back.shapes) and "morphology_focus" in back.images
+    assert list(back.tables["table"].obs["spatialdl_type"]) == ["a", "b", "a", "b", "a"]
+    with pytest.warns(UserWarning, match="holds no napari-spatialdl results"):
+        plain_out = sdl.write_spatialdata(plain, tmp_path / "plain.zarr")
+    assert "transcripts" not in sd.read_zarr(plain_out).points
 
 
 def test_xenium_missing_files(tmp_path: Path):
