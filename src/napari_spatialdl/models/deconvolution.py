@@ -34,11 +34,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
-from scipy.optimize import nnls
 
 from ._base import SavableModel
 from ._likelihoods import log_nb
-from ._train import ProgressEvent, TrainingConfig, TrainingHistory, train
+from ._train import ProgressEvent, TrainingConfig, TrainingHistory, resolve_device, train
 
 _EPS = 1e-8
 #: pseudo-count added to each type's summed counts before the mean (keeps log-signatures finite)
@@ -49,11 +48,159 @@ def _dense(X: Any) -> np.ndarray:
     return np.asarray(X.toarray() if sp.issparse(X) else X, dtype=np.float64)
 
 
-def nnls_abundance(counts: Any, signatures: np.ndarray) -> np.ndarray:
-    """Non-negative least squares of every spot on the signatures: ``(n_spots, n_types)``."""
-    Y = _dense(counts)
+def _row_sums(X: Any) -> np.ndarray:
+    """Total of every row as an ``(n, 1)`` float64 array (sparse input stays sparse)."""
+    return np.asarray(X.sum(axis=1), dtype=np.float64).reshape(-1, 1)
+
+
+#: spots per block of the batched NNLS (bounds its memory: block x types^2 values)
+NNLS_BATCH = 16384
+
+
+def _gram_solve(G: torch.Tensor, B: torch.Tensor, passive: torch.Tensor) -> torch.Tensor:
+    """Least squares restricted to each row's passive set: ``G_PP z_P = b_P``, ``z = 0`` elsewhere.
+
+    ``G`` is the ``(k, k)`` Gram matrix, ``B`` the ``(m, k)`` right-hand sides, ``passive`` a
+    ``(m, k)`` bool mask. A tiny ridge (relative 1e-12) keeps collinear signatures solvable.
+    """
+    k = G.shape[0]
+    mask = passive.to(G.dtype)
+    eye = torch.eye(k, dtype=G.dtype, device=G.device)
+    ridge = 1e-12 * float(torch.diagonal(G).abs().max().clamp(min=1e-300))
+    M = G.unsqueeze(0) * mask.unsqueeze(2) * mask.unsqueeze(1) + eye * (1.0 - mask).unsqueeze(2) + ridge * eye
+    L, info = torch.linalg.cholesky_ex(M)
+    z = torch.cholesky_solve((B * mask).unsqueeze(2), L).squeeze(2)
+    bad = info != 0
+    if bool(bad.any()):  # numerically singular: least squares instead
+        z[bad] = torch.linalg.lstsq(M[bad], (B * mask)[bad].unsqueeze(2)).solution.squeeze(2)
+    return z * mask
+
+
+def nnls_gram(G: torch.Tensor, B: torch.Tensor, *, sweeps: int = 30, max_iter: int | None = None) -> torch.Tensor:
+    """Batched non-negative least squares from the normal equations.
+
+    Solves ``min_w ||A w - y||^2, w >= 0`` for every row ``b = A^T y`` of ``B`` at once, given
+    ``G = A^T A``: projected coordinate descent (``sweeps`` passes) finds the active set, then
+    a batched Lawson-Hanson active-set loop (masked Cholesky solves of all rows together)
+    makes it exact: the result meets the KKT conditions like :func:`scipy.optimize.nnls`.
+
+    Parameters
+    ----------
+    G
+        ``(k, k)`` Gram matrix of the design (float64 recommended).
+    B
+        ``(m, k)`` right-hand sides ``A^T y``, one row per problem.
+    sweeps
+        Coordinate-descent passes of the warm start.
+    max_iter
+        Most active-set iterations (default ``3 k``).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(m, k)`` non-negative solutions, on ``B``'s device.
+    """
+    m, k = B.shape
+    if m == 0:
+        return B.new_zeros((0, k))
+    diag = torch.diagonal(G).clamp(min=1e-300)
+    w = B.new_zeros((m, k))
+    grad = -B.clone()  # G w - b
+    for _ in range(int(sweeps)):
+        for j in range(k):
+            new = (w[:, j] - grad[:, j] / diag[j]).clamp(min=0.0)
+            delta = new - w[:, j]
+            w[:, j] = new
+            grad += delta.unsqueeze(1) * G[j].unsqueeze(0)
+    scale = B.abs().amax(dim=1, keepdim=True).clamp(min=1e-300)
+    tol = 1e-10 * scale
+    passive = w > 0
+    active_rows = torch.ones(m, dtype=torch.bool, device=B.device)
+    for _ in range(int(max_iter or 3 * k)):
+        rows = active_rows.nonzero().squeeze(1)
+        if len(rows) == 0:
+            break
+        P, b, x = passive[rows], B[rows], w[rows]
+        z = _gram_solve(G, b, P)
+        # inner loop of Lawson-Hanson: step back to the boundary while a passive value is not positive
+        for _ in range(k):
+            infeasible = P & (z <= 0)
+            rows_bad = infeasible.any(dim=1)
+            if not bool(rows_bad.any()):
+                break
+            ratio = torch.where(infeasible, x / (x - z).clamp(min=1e-300), torch.full_like(x, np.inf))
+            alpha, hit = ratio.min(dim=1)
+            alpha = torch.where(rows_bad, alpha.clamp(max=1.0), torch.zeros_like(alpha)).unsqueeze(1)
+            x = (x + alpha * (z - x)).clamp(min=0.0)
+            # the coordinates that reached zero leave the passive set (at least the one that set alpha)
+            leave = rows_bad.unsqueeze(1) & (x <= 1e-14 * x.amax(dim=1, keepdim=True))
+            leave[rows_bad, hit[rows_bad]] = True
+            P = P & ~leave
+            x = torch.where(P, x, torch.zeros_like(x))
+            z[rows_bad] = _gram_solve(G, b[rows_bad], P[rows_bad])
+        x = torch.where(P, z, torch.zeros_like(z)).clamp(min=0.0)
+        grad_r = x @ G - b
+        # KKT: a zero coordinate with a negative gradient enters the passive set (the most negative one)
+        candidates = torch.where(~P, -grad_r, torch.full_like(grad_r, -np.inf))
+        best, which = candidates.max(dim=1)
+        enter = best > tol[rows].squeeze(1)
+        P[enter, which[enter]] = True
+        w[rows], passive[rows] = x, P
+        active_rows[rows[~enter]] = False
+    return w
+
+
+def nnls_abundance(counts: Any, signatures: np.ndarray, *, device: str | torch.device = "cpu",
+                   batch_size: int = NNLS_BATCH) -> np.ndarray:
+    """Non-negative least squares of every spot on the signatures: ``(n_spots, n_types)``.
+
+    Vectorised: the spots are solved together in blocks of ``batch_size`` on ``device``
+    (:func:`nnls_gram`) from ``A^T y`` (a sparse-times-dense product: sparse counts are never
+    densified) and the Gram matrix of the signatures. Equal to :func:`scipy.optimize.nnls`
+    per spot within round-off.
+
+    Parameters
+    ----------
+    counts
+        ``(n_spots, n_genes)`` counts, dense or scipy sparse.
+    signatures
+        ``(n_types, n_genes)`` profiles.
+    device
+        Torch device of the solves.
+    batch_size
+        Spots per block.
+    """
+    device = torch.device(device) if not isinstance(device, torch.device) else device
+    dtype = torch.float64 if device.type != "mps" else torch.float32
     A = np.asarray(signatures, dtype=np.float64).T  # genes x types
-    return np.stack([nnls(A, y)[0] for y in Y]) if len(Y) else np.zeros((0, A.shape[1]))
+    n, k = counts.shape[0], A.shape[1]
+    if n == 0:
+        return np.zeros((0, k))
+    G = torch.as_tensor(A.T @ A, dtype=dtype, device=device)
+    At = torch.as_tensor(A, dtype=dtype, device=device)
+    X = sp.csr_matrix(counts) if sp.issparse(counts) else np.asarray(counts)
+    out = np.empty((n, k), dtype=np.float64)
+    for start in range(0, n, int(batch_size)):
+        block = X[start:start + int(batch_size)]
+        if sp.issparse(block):
+            Y = _torch_csr(block, dtype, device)
+        else:
+            Y = torch.as_tensor(np.asarray(block), dtype=dtype, device=device)
+        B = Y @ At
+        out[start:start + len(B)] = nnls_gram(G, B).cpu().numpy()
+    return out
+
+
+def _torch_csr(block: sp.csr_matrix, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A scipy CSR block as a torch sparse CSR tensor on ``device`` (no densifying)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(torch.as_tensor(block.indptr, dtype=torch.int64),
+                                       torch.as_tensor(block.indices, dtype=torch.int64),
+                                       torch.as_tensor(block.data, dtype=dtype), size=block.shape,
+                                       device=device, check_invariants=False)
 
 
 def spot_neighbour_edges(coords: np.ndarray, n_neighbors: int = 6) -> np.ndarray:
@@ -242,13 +389,16 @@ class SpotDeconvolution(SavableModel):
             m.ref_phi = torch.as_tensor(phi, dtype=torch.float32)
         return sig
 
-    def initialize(self, counts: Any) -> np.ndarray:
-        """Start the abundances from NNLS on the signatures (zeros lifted to a small value)."""
+    def initialize(self, counts: Any, device: str | torch.device = "cpu") -> np.ndarray:
+        """Start the abundances from NNLS on the signatures (zeros lifted to a small value).
+
+        The NNLS runs batched on ``device`` (:func:`nnls_abundance`); sparse counts stay sparse.
+        """
         sig = self.signatures()
-        w0 = nnls_abundance(counts, sig)
+        w0 = nnls_abundance(counts, sig, device=device)
         totals = w0.sum(axis=1, keepdims=True)
         # spots NNLS cannot explain at all: spread a library-size-matched guess over every type
-        lib = _dense(counts).sum(axis=1, keepdims=True)
+        lib = _row_sums(counts)
         per_cell = max(float(sig.sum(axis=1).mean()), _EPS)
         fallback = np.repeat(lib / per_cell / sig.shape[0], sig.shape[0], axis=1)
         w0 = np.where(totals > 0, w0, fallback)
@@ -288,7 +438,7 @@ class SpotDeconvolution(SavableModel):
             raise ValueError(f"counts has shape {counts.shape}, expected ({n_spots}, {n_genes}).")
         torch.manual_seed(seed)
         self._set_reference(reference_counts, reference_labels)
-        self.initialize(counts)
+        self.initialize(counts, resolve_device(device))
         m = self.module
         if edges is not None and len(edges) and spatial_smoothing > 0:
             m.edges = torch.as_tensor(np.asarray(edges), dtype=torch.long)
