@@ -966,3 +966,12 @@ def coerce_params(func: Callable[..., Any], params: dict[str, Any]) -> dict[str,
         p = sig.parameters[pname]
         out[pname] = coerce_param(pname, value, hints.get(pname, p.annotation), p.default)
     return out
+
+
+def method_input(adata: AnnData, layer: str | None, *, method: Any, task: str, obj: str = "adata",
+                 layer_arg: str = "layer") -> np.ndarray | sp.csr_matrix:
+    """The matrix a method reads: checked raw counts when ``method.counts`` (the default for every
+    count model), else any finite values (:func:`get_matrix`)."""
+    if getattr(method, "counts", True):
+        return get_counts(adata, layer, what=f"the {method.name} {task}", obj=obj, layer_arg=layer_arg)
+    return get_matrix(adata, layer, obj=obj, layer_arg=layer_arg)

@@ -157,12 +157,6 @@ class AnnotationOutput(MethodOutput):
         return None if self.probabilities is None else np.asarray(self.probabilities).max(axis=1)
 
 
-def _counts(adata: AnnData, layer: str | None, name: str, layer_arg: str, method: Any):
-    if method.counts:
-        return V.get_counts(adata, layer, what=f"the {method.name} annotation", obj=name, layer_arg=layer_arg)
-    return V.get_matrix(adata, layer, obj=name, layer_arg=layer_arg)
-
-
 def prepare(inputs: dict[str, Any], *, method: Any, device: Any, seed: int,
             threshold: Any = 0.0) -> AnnotationInputs:
     """Check the inputs once and cut both datasets to the shared genes (nothing is written).
@@ -185,11 +179,11 @@ def prepare(inputs: dict[str, Any], *, method: Any, device: Any, seed: int,
     labels = V.check_obs_column(reference, labels_key, argument="labels_key", kind="labels",
                                 obj="reference", allow_missing_values=True)
     labelled = pd.Series(labels).notna().to_numpy()
-    q_X = _counts(query, layer, "query", "layer", method)
+    q_X = V.method_input(query, layer, method=method, task="annotation", obj="query", layer_arg="layer")
     if same and reference_layer == layer:
         r_X = q_X
     else:
-        r_X = _counts(reference, reference_layer, "reference", "reference_layer", method)
+        r_X = V.method_input(reference, reference_layer, method=method, task="annotation", obj="reference", layer_arg="reference_layer")
     genes = V.shared_genes(query, reference, names=("query", "reference"))
     ref_counts = subset_counts(r_X, reference.var_names.get_indexer(genes), np.flatnonzero(labelled))
     ref_labels = pd.Series(labels)[labelled].astype(str).to_numpy()

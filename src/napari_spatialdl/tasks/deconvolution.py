@@ -108,13 +108,6 @@ class DeconvolutionOutput(MethodOutput):
     abundance: np.ndarray | None = None
 
 
-def _counts(adata: AnnData, layer: str | None, name: str, layer_arg: str, method: Any):
-    if method.counts:
-        return V.get_counts(adata, layer, what=f"the {method.name} deconvolution", obj=name,
-                            layer_arg=layer_arg)
-    return V.get_matrix(adata, layer, obj=name, layer_arg=layer_arg)
-
-
 def prepare(inputs: dict[str, Any], *, method: Any, device: Any, seed: int) -> DeconvolutionInputs:
     """Check the inputs once and cut both datasets to the shared genes (nothing is written).
 
@@ -126,8 +119,8 @@ def prepare(inputs: dict[str, Any], *, method: Any, device: Any, seed: int) -> D
     layer, reference_layer = inputs.get("layer"), inputs.get("reference_layer")
     labels = V.check_obs_column(reference, labels_key, argument="labels_key", kind="labels",
                                 obj="reference", allow_missing_values=True)
-    spot_X = _counts(spatial, layer, "spatial", "layer", method)
-    ref_X = _counts(reference, reference_layer, "reference", "reference_layer", method)
+    spot_X = V.method_input(spatial, layer, method=method, task="deconvolution", obj="spatial", layer_arg="layer")
+    ref_X = V.method_input(reference, reference_layer, method=method, task="deconvolution", obj="reference", layer_arg="reference_layer")
     genes = V.shared_genes(spatial, reference, names=("spatial", "reference"))
     labelled = pd.Series(labels).notna().to_numpy()
     ref_counts = subset_counts(ref_X, reference.var_names.get_indexer(genes), np.flatnonzero(labelled))

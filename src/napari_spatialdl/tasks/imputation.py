@@ -139,12 +139,6 @@ class ImputationOutput(MethodOutput):
     imputed: np.ndarray | None = None
 
 
-def _counts(adata: AnnData, layer: str | None, name: str, layer_arg: str, method: Any):
-    if method.counts:
-        return V.get_counts(adata, layer, what=f"the {method.name} imputation", obj=name, layer_arg=layer_arg)
-    return V.get_matrix(adata, layer, obj=name, layer_arg=layer_arg)
-
-
 def prepare(inputs: dict[str, Any], *, method: Any, device: Any, seed: int) -> ImputationInputs:
     """Check the inputs once and keep the genes with any count (nothing is written).
 
@@ -173,7 +167,7 @@ def prepare(inputs: dict[str, Any], *, method: Any, device: Any, seed: int) -> I
     if reference is None and reference_layer is not None:
         raise InputError(f"reference_layer={reference_layer!r} names a layer of reference, but no reference "
                          "was given: pass reference= too, or leave reference_layer out.")
-    X = _counts(adata, layer, "adata", "layer", method)
+    X = V.method_input(adata, layer, method=method, task="imputation", obj="adata", layer_arg="layer")
     if adata.n_obs < MIN_OBSERVATIONS:
         raise InputError(f"adata has {adata.n_obs} observations; imputation needs at least "
                          f"{MIN_OBSERVATIONS}.")
@@ -181,7 +175,7 @@ def prepare(inputs: dict[str, Any], *, method: Any, device: Any, seed: int) -> I
     X = sp.csr_matrix(X) if sp.issparse(X) else np.asarray(X)
     ref_X = None
     if reference is not None:
-        ref_X = _counts(reference, reference_layer, "reference", "reference_layer", method)
+        ref_X = V.method_input(reference, reference_layer, method=method, task="imputation", obj="reference", layer_arg="reference_layer")
     n_used, n_dropped = int(keep.sum()), int((~keep).sum())
     info: dict[str, Any] = {
         "n_genes_used": n_used,
