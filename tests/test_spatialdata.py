@@ -727,3 +727,21 @@ def test_napari_spatialdata_widgets_work_on_our_layers(zarr_path: Path, make_nap
     ours_world = np.array([ours._data_to_world(p) for p in np.asarray(ours.data)])
     their_world = np.array([theirs._data_to_world(p)[-2:] for p in np.asarray(theirs.data)])
     np.testing.assert_allclose(ours_world, their_world)
+
+
+@pytest.mark.gui
+@pytest.mark.skipif(not __import__("os").environ.get("DISPLAY"), reason="needs a display (run under xvfb-run)")
+def test_dropping_a_zarr_and_an_hd_folder_on_napari(zarr_path: Path, visium_hd, make_napari_viewer):
+    """Through napari's own open (npe2 manifest): the image and the spots, in the coordinate system."""
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(zarr_path), plugin="napari-spatialdl")
+    assert [type(layer).__name__ for layer in layers] == ["Image", "Points"]
+    image, spots = layers
+    # a spot's world position is its position in the coordinate system, and it sits on its bright pixel
+    world = np.array([spots._data_to_world(p) for p in spots.data])
+    np.testing.assert_allclose(world[:, ::-1], spots.metadata["adata"].obsm["spatial"])
+    pix = np.array([image.world_to_data(p) for p in world])
+    assert (np.asarray(image.data)[np.floor(pix[:, 0]).astype(int), np.floor(pix[:, 1]).astype(int)] == 255).all()
+    root, _ = visium_hd
+    _, bins = viewer.open(str(root), plugin="napari-spatialdl")
+    assert bins.symbol[0].value == "square" and bins.metadata["table_names"] == ["square_008um"]
