@@ -406,7 +406,6 @@ def run_task_iter(task: str, *args: Any, method: str = "spatialdl", key_added: s
     Nothing is written to the data until the method has finished; a failed, cancelled or closed
     run leaves every input as it was.
     """
-    from ._base import TaskResult, target, write_run_metadata
     from ._registry import get_method
 
     spec = get_spec(task)
@@ -438,34 +437,49 @@ def run_task_iter(task: str, *args: Any, method: str = "spatialdl", key_added: s
     start = time.perf_counter()
     output = yield from m.func(prepared, **params)
     seconds = time.perf_counter() - start
-    if not isinstance(output, MethodOutput):
-        raise TypeError(f"The {task} method {m.name!r} returned {type(output).__name__}, not a MethodOutput.")
-    produced = [o.field for o in spec.outputs if getattr(output, o.field, None) is not None]
-    if not produced:
-        raise TypeError(f"The {task} method {m.name!r} returned no result.")
-    keys = result_keys(spec, data, m.name, key_added, produced)
-    out = target(data, bool(copy))
-    spec.write(out, prepared, output, keys)
     recorded = {k: v for k, v in inputs.items() if not isinstance(v, AnnData)}
     recorded.update(options)
     recorded.update(bound_parameters(m, prepared, params))
     recorded.update(device=str(device), seed=seed_int)
+    return finish_run(spec, m.name, data, prepared, output, recorded, key_added=key_added,
+                      copy=bool(copy), seconds=seconds, device=dev)
+
+
+def finish_run(spec: TaskSpec, method_name: str, data: AnnData, prepared: Prepared,
+               output: MethodOutput, recorded: dict[str, Any], *, key_added: str | None,
+               copy: bool, seconds: float, device: Any) -> Any:
+    """The end of every run: choose the keys, ``spec.write``, record the run, the TaskResult.
+
+    Called only once the method has finished, so a failed or cancelled run writes nothing.
+    """
+    from ._base import TaskResult, target, write_run_metadata
+
+    if not isinstance(output, MethodOutput):
+        raise TypeError(f"The {spec.name} method {method_name!r} returned {type(output).__name__}, "
+                        "not a MethodOutput.")
+    produced = [o.field for o in spec.outputs if getattr(output, o.field, None) is not None]
+    if not produced:
+        raise TypeError(f"The {spec.name} method {method_name!r} returned no result.")
+    keys = result_keys(spec, data, method_name, key_added, produced)
+    out = target(data, copy)
+    spec.write(out, prepared, output, keys)
+    recorded = dict(recorded)
     if key_added:
         recorded["key_added"] = key_added
     info = dict(prepared.info)
     info.update(output.info)
     if output.history is None:
-        info.setdefault("device", str(dev))
+        info.setdefault("device", str(device))
     outputs = [o for o in spec.outputs if o.field in keys]
     main = outputs[0]
-    record_name = _record_name(task, keys[main.field],
+    record_name = _record_name(spec.name, keys[main.field],
                                main.key if main is spec.outputs[0] else None)
-    write_run_metadata(out, record_name, m.name, recorded, output.history, seconds=seconds,
-                       of_task=task, keys={o.field: f"{o.slot}/{keys[o.field]}" for o in outputs},
+    write_run_metadata(out, record_name, method_name, recorded, output.history, seconds=seconds,
+                       of_task=spec.name, keys={o.field: f"{o.slot}/{keys[o.field]}" for o in outputs},
                        **info)
     result_key_map = {o.slot if i == 0 else f"{o.slot}_{o.field}": keys[o.field]
                       for i, o in enumerate(outputs)}
-    return TaskResult(task, m.name, out, keys=result_key_map, model=output.model,
+    return TaskResult(spec.name, method_name, out, keys=result_key_map, model=output.model,
                       history=output.history, info=info)
 
 

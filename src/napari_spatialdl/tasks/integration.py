@@ -34,7 +34,7 @@ from ..models import ProgressEvent
 from ..models.integrate import IntegrationModel, default_config
 from ..preprocessing import highly_variable_genes, log_normalize, scale
 from . import _validate as V
-from ._base import TaskResult, target, write_run_metadata
+from ._base import TaskResult
 from ._registry import get_method, register
 from ._spec import (
     BATCH,
@@ -45,11 +45,11 @@ from ._spec import (
     Output,
     Prepared,
     TaskSpec,
-    _record_name,
+    check_key_added,
+    finish_run,
     register_spec,
     resolve_device_arg,
     resolve_seed,
-    result_keys,
     seed_everything,
 )
 from ._validate import InputError, check_choice, check_n_latent, check_positive
@@ -511,7 +511,7 @@ def map_query_iter(query: AnnData, reference: TaskResult | IntegrationModel | st
         raise InputError(f"copy must be True or False, got {copy!r}.")
     dev = resolve_device_arg(device)
     seed_int = resolve_seed(seed)
-    keys = result_keys(SPEC, query, "spatialdl", key_added)
+    check_key_added(key_added)
     seed_everything(seed_int)
     prepared = prepare({"adata": query, "batch_key": batch_key, "layer": layer},
                        method=get_method("integrate", "spatialdl"), device=dev, seed=seed_int,
@@ -519,16 +519,8 @@ def map_query_iter(query: AnnData, reference: TaskResult | IntegrationModel | st
     start = time.perf_counter()
     output = yield from _map_onto(prepared, ref_model, **params)
     seconds = time.perf_counter() - start
-    out = target(query, bool(copy))
-    write(out, prepared, output, keys)
     recorded = {k: call[k] for k in inspect.signature(map_query_iter).parameters
-                if k not in ("query", "reference", "copy")}
+                if k not in ("query", "reference", "copy", "key_added")}
     recorded.update(params, batch_key=batch_key, device=str(device), seed=seed_int, mode="query mapping")
-    info = dict(prepared.info)
-    info.update(output.info)
-    main = SPEC.outputs[0]
-    write_run_metadata(out, _record_name(SPEC.name, keys[main.field], main.key), "spatialdl", recorded,
-                       output.history, seconds=seconds, of_task=SPEC.name,
-                       keys={main.field: f"{main.slot}/{keys[main.field]}"}, **info)
-    return TaskResult(SPEC.name, "spatialdl", out, keys={main.slot: keys[main.field]}, model=output.model,
-                      history=output.history, info=info)
+    return finish_run(SPEC, "spatialdl", query, prepared, output, recorded, key_added=key_added,
+                      copy=bool(copy), seconds=seconds, device=dev)
