@@ -27,7 +27,18 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .io._spatial import get_image, get_library_id, spot_diameter_px, spots_px
+from ._constants import (
+    ABUNDANCE_KEY,
+    CELL_TYPE_KEY,
+    CLUSTERS_KEY,
+    CONFIDENCE_KEY,
+    DOMINANT_KEY,
+    IMPUTED_LAYER,
+    LATENT_KEY,
+    PROPORTIONS_KEY,
+    REGION_KEY,
+)
+from .io import get_image, get_library_id, spot_diameter_px, spots_px
 
 LayerDataTuple = tuple[Any, dict, str]
 Kind = Literal["categorical", "numeric"]
@@ -64,7 +75,7 @@ class LegendInfo:
     kind
         ``"categorical"`` (swatches) or ``"numeric"`` (colour bar).
     label
-        What is coloured (the key).
+        What is coloured, in plain words (:func:`describe_key`), the legend's title.
     categories
         Category -> hex colour, in the categories' order (categorical only).
     cmap
@@ -73,6 +84,10 @@ class LegendInfo:
         ``(low, high)`` values at the ends of the colour bar (numeric only).
     n_missing
         Number of spots with no value (drawn in :data:`NA_COLOR`).
+    key
+        The key coloured by (``"spatialdl_proportions:Astrocyte"``), for code.
+    note
+        A remark on the values (e.g. that every spot has the same value).
     """
 
     kind: Kind
@@ -82,6 +97,8 @@ class LegendInfo:
     limits: tuple[float, float] | None = None
     n_missing: int = 0
     na_color: str = NA_COLOR
+    key: str = ""
+    note: str = ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,6 +275,85 @@ def spot_values(
 
 
 # ---------------------------------------------------------------------------------------------
+# plain-word names of keys (legend and colour-bar titles)
+# ---------------------------------------------------------------------------------------------
+
+#: obs columns napari-spatialdl writes, in words
+_OBS_WORDS = {
+    CELL_TYPE_KEY: "Predicted cell type",
+    CONFIDENCE_KEY: "Confidence of the predicted cell type",
+    CLUSTERS_KEY: "Clusters of the integrated data",
+    DOMINANT_KEY: "Dominant cell type",
+    REGION_KEY: "Annotated region",
+    "true_dominant_cell_type": "Dominant cell type (simulated truth)",
+}
+#: obsm DataFrames whose columns are cell types: "<type> <word>"
+_OBSM_WORDS = {
+    PROPORTIONS_KEY: "proportion",
+    ABUNDANCE_KEY: "abundance",
+    "true_proportions": "proportion (simulated truth)",
+    "true_abundance": "abundance (simulated truth)",
+}
+
+
+def _known(key: str, table: Mapping[str, str]) -> tuple[str, str] | None:
+    """(words, method suffix) for ``key`` = a known key, or a known key + ``_<method>``."""
+    if key in table:
+        return table[key], ""
+    for base, words in table.items():
+        if key.startswith(base + "_") and base.startswith("spatialdl"):
+            return words, key[len(base) + 1:]
+    return None
+
+
+def _words(text: str) -> str:
+    text = str(text).replace("_", " ").strip()
+    return text[:1].upper() + text[1:] if text else text
+
+
+def describe_key(adata: Any, key: str, layer: str | None = None) -> str:
+    """What ``key`` colours, in plain words, for legend and colour-bar titles.
+
+    ``"spatialdl_proportions:Astrocyte"`` -> ``"Astrocyte proportion"``; a gene from the
+    imputed layer -> ``"Bcl11b, imputed"``; ``"spatialdl_cell_type"`` -> ``"Predicted cell type"``;
+    a result beside another (``spatialdl_cell_type_logreg``) adds its method in brackets; other
+    obs columns keep their name with spaces (``"total_counts"`` -> ``"Total counts"``).
+
+    Parameters
+    ----------
+    adata
+        The AnnData the key belongs to.
+    key
+        A gene, obs column or ``"obsm_key:column"`` (see :func:`spot_values`).
+    layer
+        For a gene: the layer its values come from.
+    """
+    key = str(key)
+    if key in adata.obs.columns:
+        known = _known(key, _OBS_WORDS)
+        if known is None:
+            return _words(key)
+        words, method = known
+        return f"{words} ({method})" if method else words
+    if key in adata.var_names:
+        if layer is None:
+            return key
+        known = _known(layer, {IMPUTED_LAYER: "imputed"})
+        if known is not None:
+            return f"{key}, imputed" + (f" ({known[1]})" if known[1] else "")
+        return f"{key}, {layer.replace('_', ' ')}"
+    obsm_key, _, column = key.partition(":")
+    known = _known(obsm_key, _OBSM_WORDS)
+    if known is not None and column:
+        words, method = known
+        return f"{column} {words}" + (f" ({method})" if method else "")
+    known = _known(obsm_key, {LATENT_KEY: "integrated"})
+    if known is not None and column.isdigit():
+        return f"Integrated dimension {int(column) + 1}" + (f" ({known[1]})" if known[1] else "")
+    return f"{column} ({obsm_key})" if column else key
+
+
+# ---------------------------------------------------------------------------------------------
 # colours
 # ---------------------------------------------------------------------------------------------
 
@@ -374,13 +470,22 @@ def color_for(
             "plasma, cividis, Reds, Blues, coolwarm."
         ) from err
     span = hi - lo
-    scaled = np.clip((x - lo) / span, 0.0, 1.0) if span > 0 else np.full_like(x, 0.5)
+    # one value everywhere: the low end of the colormap (not a mid colour that reads as "medium")
+    scaled = np.clip((x - lo) / span, 0.0, 1.0) if span > 0 else np.zeros_like(x)
     rgba = np.asarray(colormap(np.where(finite, scaled, 0.0)), dtype=np.float32)
     rgba[~finite] = _to_rgba([NA_COLOR])[0]
+    note = ""
+    if finite.any() and float(x[finite].min()) == float(x[finite].max()):
+        note = f"Every spot has the value {_number(float(x[finite].min()))}."
     legend = LegendInfo(
-        kind="numeric", label=label, cmap=cmap, limits=(lo, hi), n_missing=int((~finite).sum())
+        kind="numeric", label=label, cmap=cmap, limits=(lo, hi), n_missing=int((~finite).sum()),
+        note=note,
     )
     return rgba, legend
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if x == int(x) else f"{x:.3g}"
 
 
 def spot_colors(
@@ -401,9 +506,9 @@ def spot_colors(
     colors = None
     if kind == "categorical":
         colors = categories_colors_for(adata, key, list(values.categories))
-    label = key if layer is None or key not in adata.var_names else f"{key} ({layer})"
     rgba, legend = color_for(values, kind, categories_colors=colors, cmap=cmap,
-                             contrast_limits=contrast_limits, label=label)
+                             contrast_limits=contrast_limits, label=describe_key(adata, key, layer))
+    legend.key = str(key)
     return rgba, legend, values
 
 
