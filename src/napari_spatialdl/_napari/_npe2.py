@@ -1,5 +1,9 @@
 """npe2 reader and writer commands (see napari.yaml). No napari import at module level.
 
+They live on the napari side: the readers and writers of :mod:`napari_spatialdl.io` know nothing
+of layers; these adapters turn what they read into layer-data tuples
+(:func:`napari_spatialdl.layers.spatial_layers`).
+
 The reader claims a path only when it can read it: a Space Ranger output folder (or its parent
 holding ``outs``), an ``.h5ad`` file, or a counts CSV with a coordinates CSV beside it
 (``coords.csv``, ``coordinates.csv``, ``spatial.csv``, ``positions.csv``). For anything else it
@@ -13,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._spatial import SpatialDataError
+from ..io import SpatialDataError
 
 COORD_NAMES = ("coords.csv", "coordinates.csv", "spatial.csv", "positions.csv")
 LABEL_NAMES = ("cell_types.csv", "labels.csv", "celltypes.csv")
@@ -56,14 +60,14 @@ def _csv_partner(p: Path, names: Sequence[str]) -> Path | None:
 
 
 def _spatial_layers(adata: Any) -> list[LayerData]:
-    from napari_spatialdl.layers import spatial_layers
+    from ..layers import spatial_layers
 
     return spatial_layers(adata)
 
 
 def _visium_reader(path: Path) -> Callable[[Any], list[LayerData]]:
     def reader(_: Any) -> list[LayerData]:
-        from ._visium import read_visium
+        from ..io import read_visium
 
         return _spatial_layers(read_visium(path))
 
@@ -72,7 +76,7 @@ def _visium_reader(path: Path) -> Callable[[Any], list[LayerData]]:
 
 def _h5ad_reader(path: Path) -> Callable[[Any], list[LayerData]]:
     def reader(_: Any) -> list[LayerData]:
-        from ._h5ad import read_h5ad
+        from ..io import read_h5ad
 
         adata = read_h5ad(path)
         if "spatial" not in adata.obsm:
@@ -88,7 +92,7 @@ def _h5ad_reader(path: Path) -> Callable[[Any], list[LayerData]]:
 
 def _csv_reader(counts: Path, coords: Path, labels: Path | None) -> Callable[[Any], list[LayerData]]:
     def reader(_: Any) -> list[LayerData]:
-        from ._csv import read_counts_csv
+        from ..io import read_counts_csv
 
         return _spatial_layers(read_counts_csv(counts, coords, labels=labels))
 
@@ -109,7 +113,7 @@ def get_reader(path: str | Path | Sequence[str | Path]) -> Callable[[Any], list[
         A function returning napari layer data tuples (tissue Image + spots Points, the AnnData in
         the Points layer's ``metadata['adata']``), or None for paths this plugin does not read.
     """
-    from ._visium import find_spaceranger_root
+    from ..io import find_spaceranger_root
 
     p = _first_path(path)
     if p is None:
@@ -177,7 +181,7 @@ def write_h5ad(path: str, layer_data: Any, attributes: dict | None = None) -> li
     list of str
         The written path.
     """
-    from ._write import write_h5ad as _write
+    from ..io import write_h5ad as _write
 
     if attributes is not None:
         layer_data = [(layer_data, attributes, "points")]
