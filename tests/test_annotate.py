@@ -529,3 +529,47 @@ def test_same_anndata_single_labelled_cell_suggests_removing_the_label():
     res = annotate(adata, adata, "region", method="spatialdl", max_epochs=2)
     assert res.info["n_unlabelled_reference_cells"] == adata.n_obs - 20
     assert res.info["cell_types"] == ["astro", "endo"] and adata.obs[CELL_TYPE_KEY].notna().all()
+
+
+def test_a_method_column_role_is_checked_against_its_object_with_its_own_minimum():
+    """A query from one batch is valid for a method's batch column declared with min_values=1
+    (scANVI's batch_key), and the method receives the checked values; a barcode column is not."""
+    from typing import Annotated
+
+    from napari_spatialdl.tasks import _registry as R
+    from napari_spatialdl.tasks._spec import BATCH, Role
+    from napari_spatialdl.tasks.annotation import AnnotationOutput
+
+    seen = {}
+
+    def probe(data, *, batch_key: Annotated[str, Role(BATCH, of="query", min_values=1)] | None = None):
+        """Probe.
+
+        Parameters
+        ----------
+        data
+            Prepared.
+        batch_key
+            A batch column of the query.
+        """
+        seen["batches"] = data.columns.get("batch_key")
+        yield from ()
+        n = data.data.n_obs
+        return AnnotationOutput(probabilities=np.full((n, len(data.classes)), 1.0 / len(data.classes)),
+                                classes=list(data.classes))
+
+    import napari_spatialdl as sdl
+
+    # this module postpones annotations; give the probe its resolved one
+    probe.__annotations__["batch_key"] = Annotated[str, Role(BATCH, of="query", min_values=1)] | None
+    R.register("annotate", "_probe")(probe)
+    try:
+        spatial, reference = sdl.datasets.synthetic_tissue(seed=0, n_spots=120, n_reference_cells=300)
+        spatial.obs["section"] = "A"
+        sdl.annotate(spatial, reference, "cell_type", method="_probe", batch_key="section", copy=True)
+        assert list(seen["batches"]) == ["A"] * spatial.n_obs
+        spatial.obs["barcode"] = spatial.obs_names.astype(str)
+        with pytest.raises(InputError, match="barcode"):
+            sdl.annotate(spatial, reference, "cell_type", method="_probe", batch_key="barcode")
+    finally:
+        R.REGISTRY["annotate"].pop("_probe", None)

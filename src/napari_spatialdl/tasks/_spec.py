@@ -45,6 +45,7 @@ class Role:
 
     kind: str
     of: str | None = None  # argument name of the AnnData (None: the task's main data)
+    min_values: int = 2  # distinct values the column needs (1: e.g. a query that is one batch)
 
 
 #: Annotations for method parameters that name obs columns: the GUI gives them drop-downs of
@@ -492,7 +493,7 @@ def _check_role_column(inputs: dict[str, Any], spec: TaskSpec, p: Param, key: An
     if owner is None:
         raise InputError(f"{p.name}={key!r} names a column of {owner_name}, but no {owner_name} was given.")
     values = check_obs_column(owner, key, argument=p.name, kind=p.role.kind, obj=owner_name,
-                              allow_missing_values=p.role.kind == LABELS)
+                              allow_missing_values=p.role.kind == LABELS, min_values=p.role.min_values)
     return np.asarray(values, dtype=object)
 
 

@@ -339,7 +339,7 @@ def _annotation_batches(data: AnnotationInputs, batch_key: str | None) -> tuple[
           label="scvi-tools scANVI (published method, slow)",
           description="scvi-tools SCANVI trained on reference + query, labels predicted for the query")
 def annotate_scanvi(data: AnnotationInputs, *,
-                    batch_key: Annotated[str, Role(BATCH, of="query")] | None = None,
+                    batch_key: Annotated[str, Role(BATCH, of="query", min_values=1)] | None = None,
                     n_latent: int = 10, scvi_epochs: int | None = None,
                     scanvi_epochs: int | None = 20) -> Generator[ProgressEvent, None, AnnotationOutput]:
     """Label transfer with scANVI: the labelled reference cells and the query trained together.
