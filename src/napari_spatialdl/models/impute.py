@@ -59,14 +59,82 @@ def log_normalise(X: np.ndarray | sp.spmatrix, library: np.ndarray, scale: float
     return np.log1p(np.asarray(X, dtype=np.float32) * factor[:, None])
 
 
-def neighbour_mean(values: np.ndarray | sp.spmatrix, neighbours: np.ndarray) -> np.ndarray:
-    """Mean of ``values`` over each row's neighbours (``neighbours``: (n, k) row indices)."""
+def neighbour_mean(values: np.ndarray | sp.spmatrix, neighbours: np.ndarray) -> np.ndarray | sp.csr_matrix:
+    """Mean of ``values`` over each row's neighbours (``neighbours``: (n, k) row indices).
+
+    Sparse ``values`` give a float32 CSR result (never densified); dense ones a dense array.
+    """
     neighbours = np.asarray(neighbours, dtype=np.int64)
     n, k = neighbours.shape
     W = sp.csr_matrix((np.full(n * k, 1.0 / k, dtype=np.float32),
                        (np.repeat(np.arange(n), k), neighbours.ravel())), shape=(n, values.shape[0]))
     out = W @ values
-    return np.asarray(out.toarray() if sp.issparse(out) else out, dtype=np.float32)
+    if sp.issparse(out):
+        return sp.csr_matrix(out, dtype=np.float32)
+    return np.asarray(out, dtype=np.float32)
+
+
+def _block(values: Any, rows: slice, device: torch.device | str) -> torch.Tensor:
+    """Rows ``rows`` of a dense or sparse matrix as a dense float32 tensor on ``device``."""
+    x = values[rows]
+    return torch.as_tensor(x.toarray() if sp.issparse(x) else np.asarray(x), dtype=torch.float32,
+                           device=device)
+
+
+def _elu(h: np.ndarray) -> np.ndarray:
+    return np.where(h > 0, h, np.expm1(np.minimum(h, 0)))
+
+
+def decode_genes(latent: np.ndarray, offset: np.ndarray, decoder: dict[str, Any], columns: np.ndarray,
+                 batch_size: int = 65536) -> np.ndarray:
+    """Expected counts of the genes ``columns`` from a compact imputation (numpy only).
+
+    ``mu[i, g] = exp(logit_g(decoder(latent[i])) + offset[i])``, where ``offset`` is the log
+    library size minus the log-sum-exp of all the genes' logits (stored at encoding time, so
+    that only the genes asked for are computed: memory ``n x len(columns)``).
+
+    Parameters
+    ----------
+    latent
+        ``(n, d)`` bottleneck values (:meth:`ImputeModel.encode`).
+    offset
+        ``(n,)`` or ``(n, 1)`` log normalisers (:meth:`ImputeModel.encode`).
+    decoder
+        :meth:`ImputeModel.decoder_state`.
+    columns
+        Indices of the wanted genes among the model's genes.
+    batch_size
+        Rows decoded at a time.
+
+    Returns
+    -------
+    np.ndarray
+        float32 ``(n, len(columns))``.
+    """
+    latent = np.asarray(latent, dtype=np.float32)
+    offset = np.asarray(offset, dtype=np.float32).reshape(-1, 1)
+    columns = np.asarray(columns, dtype=np.int64)
+    kinds = [str(k) for k in np.asarray(decoder["layers"]).ravel()]
+    params = decoder["params"]
+    W_head = np.asarray(decoder["head_weight"], dtype=np.float32)[columns]
+    b_head = np.asarray(decoder["head_bias"], dtype=np.float32)[columns]
+    out = np.empty((len(latent), len(columns)), dtype=np.float32)
+    for start in range(0, len(latent), batch_size):
+        h = latent[start:start + batch_size]
+        for i, kind in enumerate(kinds):
+            if kind == "linear":
+                h = h @ np.asarray(params[f"{i}_weight"], dtype=np.float32).T + np.asarray(params[f"{i}_bias"])
+            elif kind == "layernorm":
+                mean = h.mean(axis=1, keepdims=True)
+                var = h.var(axis=1, keepdims=True)
+                h = (h - mean) / np.sqrt(var + float(np.asarray(params[f"{i}_eps"])))
+                h = h * np.asarray(params[f"{i}_weight"]) + np.asarray(params[f"{i}_bias"])
+            elif kind == "elu":
+                h = _elu(h)
+            else:
+                raise ValueError(f"Unknown decoder layer {kind!r} in the stored imputation decoder.")
+        out[start:start + len(h)] = np.exp(h @ W_head.T + b_head + offset[start:start + len(h)])
+    return out
 
 
 class CountAutoencoder(nn.Module):
@@ -212,18 +280,89 @@ class ImputeModel(SavableModel):
         history = yield from train(self.module, data, _impute_loss, config)
         return history
 
+    def _split(self) -> tuple[nn.Sequential, nn.Sequential]:
+        """The body cut after the bottleneck (the narrowest hidden layer): (encoder, decoder)."""
+        hidden = self.init_kwargs["hidden"]
+        cut = 3 * (int(np.argmin(hidden)) + 1)  # Linear, LayerNorm, ELU per hidden layer
+        body = self.module.body
+        return body[:cut], body[cut:]
+
+    def decoder_state(self) -> dict[str, Any]:
+        """What :func:`decode_genes` needs: the layers after the bottleneck and the mean head.
+
+        Plain numpy arrays and strings (storable in ``adata.uns`` and ``.h5ad``).
+        """
+        _, decoder = self._split()
+        kinds, params = [], {}
+        for i, layer in enumerate(decoder):
+            if isinstance(layer, nn.Linear):
+                kinds.append("linear")
+                params[f"{i}_weight"] = layer.weight.detach().cpu().numpy().astype(np.float32)
+                params[f"{i}_bias"] = layer.bias.detach().cpu().numpy().astype(np.float32)
+            elif isinstance(layer, nn.LayerNorm):
+                kinds.append("layernorm")
+                params[f"{i}_weight"] = layer.weight.detach().cpu().numpy().astype(np.float32)
+                params[f"{i}_bias"] = layer.bias.detach().cpu().numpy().astype(np.float32)
+                params[f"{i}_eps"] = np.float32(layer.eps)
+            elif isinstance(layer, nn.ELU):
+                kinds.append("elu")
+            else:
+                raise TypeError(f"Cannot export decoder layer {type(layer).__name__}.")
+        head = self.module.mean_head
+        return {"layers": np.array(kinds, dtype=object), "params": params,
+                "head_weight": head.weight.detach().cpu().numpy().astype(np.float32),
+                "head_bias": head.bias.detach().cpu().numpy().astype(np.float32)}
+
     @torch.no_grad()
-    def predict(self, X: np.ndarray | sp.spmatrix, neighbours: np.ndarray | None = None,
-                batch_size: int = 4096, device: str | torch.device = "cpu") -> np.ndarray:
-        """Expected (denoised) count of every gene in every row of ``X``: the NB mean ``mu``."""
+    def encode(self, X: np.ndarray | sp.spmatrix, neighbours: np.ndarray | None = None,
+               batch_size: int = 4096, device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
+        """The compact representation of every row: bottleneck values and log normaliser.
+
+        Memory: one batch of ``batch_size x n_genes`` at a time; the result is ``n x (d + 1)``.
+
+        Returns
+        -------
+        latent, offset
+            ``(n, d)`` float32 bottleneck values and ``(n,)`` float32 ``log(library) -
+            logsumexp(logits)``: :func:`decode_genes` turns them into any gene's expected count.
+        """
         data = self._inputs(X, neighbours)
         module = self.module.to(device).eval()
-        out = np.empty(X.shape, dtype=np.float32)
+        encoder, decoder = self._split()
+        d = int(min(self.init_kwargs["hidden"]))
+        latent = np.empty((X.shape[0], d), dtype=np.float32)
+        offset = np.empty(X.shape[0], dtype=np.float32)
         for start in range(0, X.shape[0], batch_size):
             rows = slice(start, start + batch_size)
-            x = X[rows]
-            x = torch.as_tensor(x.toarray() if sp.issparse(x) else np.asarray(x), dtype=torch.float32, device=device)
+            x = _block(X, rows, device)
             lib = torch.as_tensor(data["library"][rows], device=device)
-            nb = (torch.as_tensor(data["neighbours"][rows], device=device) if self.spatial else None)
-            out[rows] = module(x, lib, nb)["mu"].cpu().numpy()
+            nb = _block(data["neighbours"], rows, device) if self.spatial else None
+            z = encoder(module.encode_input(x, lib, nb))
+            logits = module.mean_head(decoder(z))
+            latent[rows] = z.cpu().numpy()
+            offset[rows] = (torch.log(lib.clamp(min=1e-12)).squeeze(1)
+                            - torch.logsumexp(logits, dim=1)).cpu().numpy()
+        return latent, offset
+
+    @torch.no_grad()
+    def predict(self, X: np.ndarray | sp.spmatrix, neighbours: np.ndarray | None = None,
+                batch_size: int = 4096, device: str | torch.device = "cpu",
+                columns: np.ndarray | None = None) -> np.ndarray:
+        """Expected (denoised) count of every gene in every row of ``X``: the NB mean ``mu``.
+
+        ``columns`` (indices among the model's genes) returns only those genes, so the result is
+        ``n x len(columns)``; each batch still computes all the genes' logits (the softmax needs
+        them) but only one batch at a time.
+        """
+        data = self._inputs(X, neighbours)
+        module = self.module.to(device).eval()
+        cols = None if columns is None else torch.as_tensor(np.asarray(columns, dtype=np.int64), device=device)
+        out = np.empty((X.shape[0], X.shape[1] if cols is None else len(cols)), dtype=np.float32)
+        for start in range(0, X.shape[0], batch_size):
+            rows = slice(start, start + batch_size)
+            x = _block(X, rows, device)
+            lib = torch.as_tensor(data["library"][rows], device=device)
+            nb = _block(data["neighbours"], rows, device) if self.spatial else None
+            mu = module(x, lib, nb)["mu"]
+            out[rows] = (mu if cols is None else mu.index_select(1, cols)).cpu().numpy()
         return out

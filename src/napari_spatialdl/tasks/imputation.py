@@ -7,6 +7,15 @@ reference backend MAGIC is in :mod:`.backends.magic`. Every method writes
 ``adata.layers['spatialdl_imputed']`` (same shape as ``adata``, on the count scale of each cell:
 genes without any count get 0) and the run metadata.
 
+Large data (the native method): a dense layer would be ``n_obs x n_vars`` floats (50 GB for a
+Visium HD slide), so above :data:`DENSE_LIMIT` values (``n_obs * n_vars > 5e7``, 200 MB), or
+whenever ``genes=`` or ``dense=False`` is given, ``spatialdl`` writes instead a compact
+representation: ``obsm['spatialdl_imputed_latent']`` (the bottleneck, ``n x 16``),
+``obsm['spatialdl_imputed_offset']`` (each observation's log normaliser) and
+``uns['spatialdl_imputed_decoder']`` (the decoder's weights and gene names), plus the genes asked
+for in ``obsm['spatialdl_imputed_genes']`` (a DataFrame). :func:`reconstruct` decodes any gene
+from it on demand; ``dense=True`` always writes the full layer.
+
 ``prepare`` drops the genes without any count for every method (they carry no information and
 are written back as 0). A ``reference`` (an scRNA-seq dataset with genes to predict) is only
 taken by methods registered with ``needs=("reference",)``; the denoisers refuse it.
@@ -44,6 +53,7 @@ from ._spec import (
 from ._validate import InputError, check_positive
 
 __all__ = [
+    "DENSE_LIMIT",
     "MIN_OBSERVATIONS",
     "SPEC",
     "ImputationInputs",
@@ -52,12 +62,16 @@ __all__ = [
     "impute_spatialdl",
     "knn_smooth",
     "prepare",
+    "reconstruct",
     "spatial_neighbours",
     "write",
 ]
 
 #: fewest observations an imputation needs
 MIN_OBSERVATIONS = 3
+#: above this many values (n_obs x n_vars) the native method writes the compact representation
+#: instead of a dense layer, unless ``dense=True``
+DENSE_LIMIT = 50_000_000
 
 
 def spatial_neighbours(xy: np.ndarray, k: int) -> np.ndarray:
@@ -134,9 +148,18 @@ class ImputationInputs(Prepared):
 
 @dataclass
 class ImputationOutput(MethodOutput):
-    """The imputed expected counts, observations x the prepared inputs' ``genes``."""
+    """The imputed expected counts, observations x the prepared inputs' ``genes``.
+
+    A method that writes the compact representation leaves ``imputed`` None and sets ``latent``
+    (n x d), ``offset`` (n,), ``decoder`` (:meth:`~napari_spatialdl.models.impute.ImputeModel.
+    decoder_state`) and, for the genes asked for, ``genes_imputed`` (a DataFrame, n x genes).
+    """
 
     imputed: np.ndarray | None = None
+    latent: np.ndarray | None = None
+    offset: np.ndarray | None = None
+    decoder: dict[str, Any] | None = None
+    genes_imputed: pd.DataFrame | None = None
 
 
 def prepare(inputs: dict[str, Any], *, method: Any, device: Any, seed: int) -> ImputationInputs:
@@ -191,10 +214,74 @@ def prepare(inputs: dict[str, Any], *, method: Any, device: Any, seed: int) -> I
 
 
 def write(out: AnnData, prepared: ImputationInputs, output: ImputationOutput, keys: dict[str, str]) -> None:
-    """The imputed counts as a dense float32 layer of ``out``'s shape (genes without counts: 0)."""
-    imputed = np.zeros(out.shape, dtype=np.float32)
-    imputed[:, prepared.keep] = np.asarray(output.imputed, dtype=np.float32)
-    out.layers[keys["imputed"]] = imputed
+    """The imputed counts as a dense float32 layer of ``out``'s shape (genes without counts: 0),
+    or the compact representation (latent, offset, decoder; the genes asked for as a DataFrame)."""
+    if output.imputed is not None:
+        imputed = np.zeros(out.shape, dtype=np.float32)
+        imputed[:, prepared.keep] = np.asarray(output.imputed, dtype=np.float32)
+        out.layers[keys["imputed"]] = imputed
+    if output.latent is not None:
+        out.obsm[keys["latent"]] = np.asarray(output.latent, dtype=np.float32)
+        out.obsm[keys["offset"]] = np.asarray(output.offset, dtype=np.float32).reshape(-1, 1)
+        out.uns[keys["decoder"]] = {
+            **output.decoder, "genes": np.asarray(prepared.genes, dtype=object),
+            "latent_key": keys["latent"], "offset_key": keys["offset"]}
+    if output.genes_imputed is not None:
+        frame = output.genes_imputed.copy()
+        frame.index = out.obs_names
+        out.obsm[keys["genes_imputed"]] = frame
+
+
+def reconstruct(adata: AnnData, genes: str | list[str], key: str = IMPUTED_LAYER) -> pd.DataFrame:
+    """Decode the imputed expected counts of ``genes`` from a compact imputation, on demand.
+
+    Parameters
+    ----------
+    adata
+        An AnnData the native imputation wrote its compact representation into (see the module
+        docstring; also after ``write_h5ad``/``read_h5ad``).
+    genes
+        One gene name or a list, among ``adata.var_names``. Genes without any count in the data
+        the model was fitted on are 0 (as in the dense layer).
+    key
+        The imputation's key: ``key_added`` of the run, or the default ``'spatialdl_imputed'``;
+        the decoder is ``adata.uns[key + '_decoder']``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        float32 expected counts, ``adata.obs_names`` x ``genes``; equal (up to float32 round-off)
+        to the columns of the dense layer ``dense=True`` writes.
+
+    Raises
+    ------
+    InputError
+        No compact imputation under ``key``, or genes that are not in ``adata.var_names``.
+    """
+    from ..models.impute import decode_genes
+
+    wanted = [genes] if isinstance(genes, str) else [str(g) for g in genes]
+    name = f"{key}_decoder"
+    decoder = adata.uns.get(name)
+    if not isinstance(decoder, dict) or "head_weight" not in decoder:
+        raise InputError(f"adata.uns has no compact imputation {name!r}: run "
+                         f"sdl.impute(adata, method='spatialdl', dense=False) first, or pass key= the "
+                         "run's key_added.")
+    missing = [g for g in wanted if g not in adata.var_names]
+    if missing:
+        raise InputError(f"genes {missing[:5]} are not in adata.var_names: pass genes measured in adata.")
+    model_genes = pd.Index([str(g) for g in np.asarray(decoder["genes"]).ravel()])
+    for k in (decoder["latent_key"], decoder["offset_key"]):
+        if k not in adata.obsm:
+            raise InputError(f"adata.obsm[{k!r}] (part of the compact imputation {name!r}) is missing: "
+                             "run the imputation again.")
+    latent, offset = np.asarray(adata.obsm[decoder["latent_key"]]), np.asarray(adata.obsm[decoder["offset_key"]])
+    position = model_genes.get_indexer(wanted)
+    values = np.zeros((adata.n_obs, len(wanted)), dtype=np.float32)
+    modelled = position >= 0
+    if modelled.any():
+        values[:, modelled] = decode_genes(latent, offset, decoder, position[modelled])
+    return pd.DataFrame(values, index=adata.obs_names.copy(), columns=wanted)
 
 
 SPEC = register_spec(TaskSpec(
@@ -213,6 +300,14 @@ SPEC = register_spec(TaskSpec(
     outputs=(
         Output("imputed", "layers", IMPUTED_LAYER,
                doc="expected counts (dense float32, adata's shape; genes without counts: 0)"),
+        Output("latent", "obsm", f"{IMPUTED_LAYER}_latent", suffix="_latent",
+               doc="compact imputation: bottleneck values (n x d), when no dense layer is written"),
+        Output("offset", "obsm", f"{IMPUTED_LAYER}_offset", suffix="_offset",
+               doc="compact imputation: log normaliser of each observation (n x 1)"),
+        Output("decoder", "uns", f"{IMPUTED_LAYER}_decoder", suffix="_decoder",
+               doc="compact imputation: decoder weights and genes (reconstruct() decodes any gene)"),
+        Output("genes_imputed", "obsm", f"{IMPUTED_LAYER}_genes", suffix="_genes",
+               doc="expected counts of the genes asked for (genes=), a DataFrame n x genes"),
     ),
     prepare=prepare,
     write=write,
@@ -230,7 +325,9 @@ TaskGen = Generator[ProgressEvent, None, ImputationOutput]
 def impute_spatialdl(data: ImputationInputs, *, likelihood: Literal["zinb", "nb"] = "zinb",
                      spatial: bool = False, n_neighbors: int = 6, hidden: int = 128,
                      bottleneck: int = 16, mask_rate: float = 0.5, max_epochs: int = 300,
-                     batch_size: int = 128, lr: float = 5e-3, patience: int = 10) -> TaskGen:
+                     batch_size: int = 128, lr: float = 5e-3, patience: int = 10,
+                     genes: str | list[str] | None = None,
+                     dense: bool | Literal["auto"] = "auto") -> TaskGen:
     """Denoise counts and fill in dropouts with the native count autoencoder.
 
     The network reads each cell's log-normalised expression through a bottleneck and
@@ -266,11 +363,19 @@ def impute_spatialdl(data: ImputationInputs, *, likelihood: Literal["zinb", "nb"
         Learning rate (Adam).
     patience
         Stop when the held-out loss has not improved for this many epochs (0: never).
+    genes
+        Genes to write imputed values for (a name, a comma-separated text or a list), as
+        ``obsm['spatialdl_imputed_genes']``; the compact representation is written too, from which
+        :func:`reconstruct` decodes any other gene.
+    dense
+        ``True``: the full dense layer ``layers['spatialdl_imputed']`` (n_obs x n_vars floats).
+        ``False``: the compact representation only (+ ``genes``). ``"auto"``: dense when no
+        ``genes`` are asked for and ``n_obs * n_vars <= 5e7`` (200 MB), else compact.
 
     Returns
     -------
     ImputationOutput
-        The expected counts; ``model`` is the trained
+        The expected counts (or the compact representation); ``model`` is the trained
         :class:`~napari_spatialdl.models.impute.ImputeModel`.
     """
     check_positive(hidden=hidden, bottleneck=bottleneck, max_epochs=max_epochs, batch_size=batch_size, lr=lr)
@@ -278,14 +383,48 @@ def impute_spatialdl(data: ImputationInputs, *, likelihood: Literal["zinb", "nb"
         raise InputError(f"mask_rate must be in [0, 1), got {mask_rate}.")
     if patience < 0:
         raise InputError(f"patience must be >= 0, got {patience}.")
+    wanted = _wanted_genes(genes, data)
+    if dense == "auto":
+        dense = wanted is None and data.data.n_obs * data.data.n_vars <= DENSE_LIMIT
     neighbours = data.neighbours(n_neighbors) if spatial else None
     model = ImputeModel(len(data.genes), hidden=(hidden, bottleneck, hidden), likelihood=likelihood,
                         spatial=spatial, mask_rate=mask_rate, genes=data.genes)
     config = TrainingConfig(max_epochs=max_epochs, batch_size=batch_size, lr=lr, patience=patience,
                             seed=data.seed, device=data.device)
     history = yield from model.fit_iter(data.counts, neighbours, config)
-    values = model.predict(data.counts, neighbours, device=data.device)
-    return ImputationOutput(imputed=values, model=model, history=history, info={"device": str(data.device)})
+    info: dict[str, Any] = {"device": str(data.device), "dense": bool(dense)}
+    if dense:
+        values = model.predict(data.counts, neighbours, device=data.device)
+        return ImputationOutput(imputed=values, model=model, history=history, info=info)
+    yield ProgressEvent(history.n_epochs, max_epochs, 0, message="encoding the compact representation",
+                        stage="encode")
+    latent, offset = model.encode(data.counts, neighbours, device=data.device)
+    frame = None
+    if wanted:
+        position = data.genes.get_indexer(wanted)
+        values = np.zeros((data.data.n_obs, len(wanted)), dtype=np.float32)
+        if (position >= 0).any():
+            values[:, position >= 0] = model.predict(data.counts, neighbours, device=data.device,
+                                                     columns=position[position >= 0])
+        frame = pd.DataFrame(values, index=data.data.obs_names.copy(), columns=wanted)
+    info["dense_message"] = ("compact representation written (latent, offset, decoder): "
+                             "napari_spatialdl.tasks.imputation.reconstruct(adata, genes) decodes any gene")
+    return ImputationOutput(latent=latent, offset=offset, decoder=model.decoder_state(), genes_imputed=frame,
+                            model=model, history=history, info=info)
+
+
+def _wanted_genes(genes: str | list[str] | None, data: ImputationInputs) -> list[str] | None:
+    """The ``genes=`` argument as a list of names of ``adata.var_names`` (None when not given)."""
+    if genes is None:
+        return None
+    wanted = [g.strip() for g in genes.split(",")] if isinstance(genes, str) else [str(g) for g in genes]
+    wanted = [g for g in wanted if g]
+    if not wanted:
+        raise InputError("genes is empty: name at least one gene of adata.var_names, or leave genes out.")
+    missing = [g for g in wanted if g not in data.data.var_names]
+    if missing:
+        raise InputError(f"genes {missing[:5]} are not in adata.var_names: pass genes measured in adata.")
+    return list(dict.fromkeys(wanted))
 
 
 def knn_smooth(X: Any, n_neighbors: int = 15, n_pcs: int = 30, seed: int = 0) -> np.ndarray:
