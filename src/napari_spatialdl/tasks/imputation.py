@@ -19,6 +19,17 @@ from it on demand; ``dense=True`` always writes the full layer.
 ``prepare`` drops the genes without any count for every method (they carry no information and
 are written back as 0). A ``reference`` (an scRNA-seq dataset with genes to predict) is only
 taken by methods registered with ``needs=("reference",)``; the denoisers refuse it.
+
+Gene prediction from a reference (the methods of :mod:`.gene_prediction` and the Tangram/gimVI
+backends): with a reference, ``prepare`` also finds the genes both datasets share (with counts in
+both) and cuts both datasets' counts to them; :meth:`ImputationInputs.prediction_targets` checks
+the genes a method is asked to predict (its ``genes`` parameter). The result is
+``obsm['spatialdl_predicted_genes']`` (a DataFrame observations x predicted genes, expression per
+10^4 transcripts on the reference's scale), or, when that table would exceed
+:data:`DENSE_LIMIT` values (or with ``dense=False``), a compact representation that reconstructs
+any gene on demand: ``obsm['spatialdl_predicted_genes_factors']`` (observations x r) and
+``uns['spatialdl_predicted_genes_loadings']`` (genes x r, the link and the scale); see
+:func:`.gene_prediction.reconstruct`.
 """
 
 from __future__ import annotations
@@ -33,7 +44,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .._constants import IMPUTED_LAYER
+from .._constants import IMPUTED_LAYER, PREDICTED_GENES_KEY
 from ..models import ProgressEvent, TrainingConfig
 from ..models.impute import ImputeModel
 from ..preprocessing import library_sizes, log1p, normalize_total
@@ -55,6 +66,8 @@ from ._validate import InputError, check_positive
 __all__ = [
     "DENSE_LIMIT",
     "MIN_OBSERVATIONS",
+    "MIN_SHARED_GENES",
+    "PREDICTION_SCALE",
     "SPEC",
     "ImputationInputs",
     "ImputationOutput",
@@ -72,6 +85,10 @@ MIN_OBSERVATIONS = 3
 #: above this many values (n_obs x n_vars) the native method writes the compact representation
 #: instead of a dense layer, unless ``dense=True``
 DENSE_LIMIT = 50_000_000
+#: fewest genes with counts in both the data and the reference to predict genes from the reference
+MIN_SHARED_GENES = 10
+#: predicted genes are expression per this many transcripts of a reference cell (its whole library)
+PREDICTION_SCALE = 1e4
 
 
 def spatial_neighbours(xy: np.ndarray, k: int) -> np.ndarray:
@@ -119,6 +136,129 @@ class ImputationInputs(Prepared):
     reference: AnnData | None = None
     reference_counts: Any = None  # reference cells x reference genes, checked
     reference_layer: str | None = None
+    # for gene prediction (set only with a reference): the genes with counts in both datasets
+    shared_genes: pd.Index = field(default_factory=lambda: pd.Index([], dtype=object))  # adata's order
+    spatial_shared: Any = None  # observations x shared genes (CSR stays CSR)
+    reference_shared: Any = None  # kept reference cells x shared genes
+    reference_library: np.ndarray = field(default_factory=lambda: np.zeros(0))  # over all its genes
+    reference_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def reference_column(self, name: str) -> np.ndarray | None:
+        """A role-annotated column parameter of the reference (e.g. ``labels_key``), kept cells only.
+
+        Parameters
+        ----------
+        name
+            The method parameter's name.
+
+        Returns
+        -------
+        np.ndarray or None
+            Object array aligned with ``reference_shared`` (None/NaN where missing); None when the
+            parameter was not given.
+        """
+        values = self.columns.get(name)
+        return None if values is None else np.asarray(values, dtype=object)[self.reference_rows]
+
+    def prediction_targets(self, genes: str | list[str], include_measured: bool = False
+                           ) -> tuple[pd.Index, Any]:
+        """The genes to predict, checked, and the kept reference cells' counts of them.
+
+        Parameters
+        ----------
+        genes
+            ``"all"`` (every reference gene that ``adata`` lacks; with ``include_measured``,
+            every reference gene), a list of names, or text with comma-separated names.
+        include_measured
+            Allow (and for ``"all"``, add) genes that ``adata`` measures: they are re-estimated
+            from the reference.
+
+        Returns
+        -------
+        genes, counts
+            Reference gene names in the order asked (repeats once), and reference (kept cells) x
+            those genes (CSR stays CSR).
+
+        Raises
+        ------
+        InputError
+            An empty list, names that are not text, genes the reference lacks (named, with the
+            closest reference names), genes ``adata`` measures without ``include_measured``, or
+            nothing to predict.
+        """
+        if self.reference is None:
+            raise InputError("Genes are predicted from a reference: pass reference= (a scRNA-seq AnnData).")
+        reference, measured = self.reference, self.data.var_names
+        asked = _genes_asked(genes)
+        if asked is None:
+            targets = (reference.var_names if include_measured
+                       else reference.var_names[~reference.var_names.isin(measured)])
+            if len(targets) == 0:
+                raise InputError(
+                    f"Every one of the {reference.n_vars} genes of reference is measured in adata: there is no "
+                    "gene to predict. Pass include_measured=True to re-estimate the measured genes from the "
+                    "reference, or use a reference with more genes.")
+        else:
+            unknown = [g for g in asked if g not in reference.var_names]
+            if unknown:
+                listed = ", ".join(f"{g!r}{_suggest(g, reference.var_names)}" for g in unknown[:8])
+                more = f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""
+                raise InputError(
+                    f"genes: {len(unknown)} of the {len(asked)} genes to predict {'is' if len(unknown) == 1 else 'are'} "
+                    f"not in reference ({reference.n_vars} genes): {listed}{more}. A gene can only be predicted "
+                    "from a reference that measures it: check the names against reference.var_names (symbols "
+                    "vs Ensembl IDs, species, case).")
+            already = [g for g in asked if g in measured]
+            if already and not include_measured:
+                listed = ", ".join(map(repr, already[:8])) + (f" and {len(already) - 8} more" if len(already) > 8 else "")
+                raise InputError(
+                    f"genes: {listed} {'is' if len(already) == 1 else 'are'} measured in adata already. Pass "
+                    "include_measured=True to re-estimate measured genes from the reference, or leave "
+                    f"{'it' if len(already) == 1 else 'them'} out of genes.")
+            targets = pd.Index(asked)
+        targets = pd.Index(targets).astype(str)
+        counts = V.subset_counts(self.reference_counts, reference.var_names.get_indexer(targets),
+                                 self.reference_rows)
+        return targets, counts
+
+    def prediction_dense(self, n_genes: int, dense: bool | str, *, compact: bool = True,
+                         method: str = "") -> bool:
+        """Whether to write the predicted genes as a table (True) or as factors x loadings.
+
+        Parameters
+        ----------
+        n_genes
+            Number of genes predicted.
+        dense
+            The method's ``dense`` parameter: True, False or ``"auto"`` (a table up to
+            :data:`DENSE_LIMIT` values).
+        compact
+            Whether the method can write the compact representation.
+        method
+            The method's name, for the messages.
+
+        Raises
+        ------
+        InputError
+            ``dense`` not True/False/'auto'; a method without a compact representation asked for
+            one (``dense=False``), or whose table would exceed :data:`DENSE_LIMIT` under ``"auto"``.
+        """
+        if isinstance(dense, str) and dense != "auto" or not isinstance(dense, bool | str):
+            raise InputError(f"dense must be True, False or 'auto', got {dense!r}.")
+        n_values = self.data.n_obs * int(n_genes)
+        if dense == "auto":
+            dense = n_values <= DENSE_LIMIT
+            if not dense and not compact:
+                raise InputError(
+                    f"The {method} prediction of {n_genes} genes for {self.data.n_obs} observations is a table of "
+                    f"{n_values:,} values ({n_values * 4 / 1e9:.1f} GB), above the {DENSE_LIMIT:,} that are "
+                    f"written without asking, and {method} has no compact representation. Pass dense=True to "
+                    "write it anyway, predict fewer genes (genes=[...]), or use method='transfer', which "
+                    "writes factors x loadings that reconstruct any gene on demand.")
+        elif not dense and not compact:
+            raise InputError(f"{method} writes the predicted genes as a table only: pass dense=True or 'auto', or "
+                             "use method='transfer' or 'knn_reference' for the compact representation.")
+        return bool(dense)
 
     def neighbours(self, n_neighbors: int) -> np.ndarray:
         """(n_obs, n_neighbors) indices of each spot's nearest other spots in ``obsm['spatial']``.
@@ -160,6 +300,13 @@ class ImputationOutput(MethodOutput):
     offset: np.ndarray | None = None
     decoder: dict[str, Any] | None = None
     genes_imputed: pd.DataFrame | None = None
+    #: genes predicted from a reference: a DataFrame observations x genes (per PREDICTION_SCALE)
+    predicted: pd.DataFrame | None = None
+    #: or compact: prediction = link(factors @ loadings.T) * PREDICTION_SCALE
+    prediction_factors: Any = None  # observations x r (dense or CSR)
+    prediction_loadings: Any = None  # prediction_genes x r (dense or CSR)
+    prediction_genes: pd.Index | None = None
+    prediction_link: str = "linear"  # "linear" or "exp"
 
 
 def prepare(inputs: dict[str, Any], *, method: Any, device: Any, seed: int) -> ImputationInputs:
@@ -199,6 +346,7 @@ def prepare(inputs: dict[str, Any], *, method: Any, device: Any, seed: int) -> I
     ref_X = None
     if reference is not None:
         ref_X = V.method_input(reference, reference_layer, method=method, task="imputation", obj="reference", layer_arg="reference_layer")
+        ref_X = sp.csr_matrix(ref_X) if sp.issparse(ref_X) else np.asarray(ref_X)
     n_used, n_dropped = int(keep.sum()), int((~keep).sum())
     info: dict[str, Any] = {
         "n_genes_used": n_used,
@@ -207,10 +355,79 @@ def prepare(inputs: dict[str, Any], *, method: Any, device: Any, seed: int) -> I
                           "count were left out (imputed as 0)."
                           if n_dropped else f"All {adata.n_vars} genes modelled."),
     }
-    return ImputationInputs(
+    out = ImputationInputs(
         data=adata, device=device, seed=seed, info=info, counts=X, keep=keep, genes=genes,
         library=library_sizes(X), layer=layer, reference=reference, reference_counts=ref_X,
         reference_layer=reference_layer)
+    if reference is not None:
+        _prepare_reference(out)
+    return out
+
+
+def _prepare_reference(out: ImputationInputs) -> None:
+    """The shared genes (with counts in both) and both datasets' counts of them, into ``out``."""
+    adata, reference, ref_X = out.data, out.reference, out.reference_counts
+    V.shared_genes(adata, reference, names=("adata", "reference"), min_genes=MIN_SHARED_GENES)
+    cols = reference.var_names.get_indexer(out.genes)  # out.genes: adata's genes with counts
+    in_ref = cols >= 0
+    has_counts = np.zeros(len(out.genes), dtype=bool)
+    has_counts[in_ref] = np.asarray((ref_X[:, cols[in_ref]] != 0).sum(axis=0)).ravel() > 0
+    shared = out.genes[in_ref & has_counts]
+    if len(shared) < MIN_SHARED_GENES:
+        raise InputError(
+            f"Only {len(shared)} genes have counts in both adata and reference; predicting genes from the "
+            f"reference needs at least {MIN_SHARED_GENES}. Check that both use the same gene identifiers and "
+            "hold raw counts of those genes.")
+    ref_shared = V.subset_counts(ref_X, reference.var_names.get_indexer(shared))
+    rows = np.flatnonzero(V.row_sums(ref_shared) > 0)
+    if len(rows) < MIN_OBSERVATIONS:
+        raise InputError(f"Only {len(rows)} cells of reference have counts in the {len(shared)} genes shared with "
+                         f"adata; at least {MIN_OBSERVATIONS} are needed.")
+    out.shared_genes = shared
+    out.reference_rows = rows.astype(np.int64)
+    out.reference_shared = ref_shared[rows]
+    out.reference_library = V.row_sums(ref_X)[rows].astype(np.float64)
+    out.spatial_shared = V.subset_counts(out.counts, out.genes.get_indexer(shared))
+    out.info.update(n_genes_shared=len(shared), n_reference_cells=len(rows),
+                    genes_message=(f"{len(shared)} genes have counts in both adata ({adata.n_vars} genes) and "
+                                   f"reference ({reference.n_vars} genes): the prediction reads these."))
+    if reference.n_obs > len(rows):
+        out.info["n_reference_cells_dropped"] = int(reference.n_obs - len(rows))
+    n_empty = int((V.row_sums(out.spatial_shared) == 0).sum())
+    if n_empty:
+        out.info["n_observations_without_shared_counts"] = n_empty
+
+
+def _genes_asked(genes: Any) -> list[str] | None:
+    """The ``genes`` parameter as names, or None for ``"all"`` (text: comma-separated names)."""
+    if isinstance(genes, str):
+        if genes.strip().lower() == "all":
+            return None
+        names = genes.split(",")
+    elif isinstance(genes, list | tuple | pd.Index | np.ndarray):
+        names = list(genes)
+        bad = [g for g in names if not isinstance(g, str)]
+        if bad:
+            raise InputError(f"genes must be gene names (text), got {bad[0]!r} ({type(bad[0]).__name__}) among "
+                             "them. Pass e.g. genes=['Gad1', 'Sst'], or genes='all'.")
+    else:
+        raise InputError(f"genes must be 'all' or a list of gene names, got {type(genes).__name__}.")
+    names = [g.strip() for g in names if g.strip()]
+    if not names:
+        raise InputError("genes is empty: name the genes to predict (e.g. genes=['Gad1', 'Sst']), or pass "
+                         "genes='all' for every reference gene that adata lacks.")
+    return list(dict.fromkeys(names))
+
+
+def _suggest(name: str, names: pd.Index) -> str:
+    """' (did you mean ...?)' with the closest of ``names`` (case first), or ''."""
+    import difflib
+
+    by_case = {str(n).lower(): str(n) for n in names}
+    if name.lower() in by_case:
+        return f" (did you mean {by_case[name.lower()]!r}?)"
+    close = difflib.get_close_matches(name, [str(n) for n in names], n=2, cutoff=0.7)
+    return f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
 
 
 def write(out: AnnData, prepared: ImputationInputs, output: ImputationOutput, keys: dict[str, str]) -> None:
@@ -230,6 +447,20 @@ def write(out: AnnData, prepared: ImputationInputs, output: ImputationOutput, ke
         frame = output.genes_imputed.copy()
         frame.index = out.obs_names
         out.obsm[keys["genes_imputed"]] = frame
+    if output.predicted is not None:
+        frame = pd.DataFrame(np.asarray(output.predicted, dtype=np.float32), index=out.obs_names.copy(),
+                             columns=pd.Index(output.predicted.columns).astype(str))
+        out.obsm[keys["predicted"]] = frame
+    if output.prediction_factors is not None:
+        factors, loadings = output.prediction_factors, output.prediction_loadings
+        out.obsm[keys["prediction_factors"]] = (sp.csr_matrix(factors, dtype=np.float32) if sp.issparse(factors)
+                                                else np.asarray(factors, dtype=np.float32))
+        out.uns[keys["prediction_loadings"]] = {
+            "genes": np.asarray(pd.Index(output.prediction_genes).astype(str), dtype=object),
+            "loadings": (sp.csr_matrix(loadings, dtype=np.float32) if sp.issparse(loadings)
+                         else np.asarray(loadings, dtype=np.float32)),
+            "link": str(output.prediction_link), "scale": float(PREDICTION_SCALE),
+            "factors_key": keys["prediction_factors"]}
 
 
 def reconstruct(adata: AnnData, genes: str | list[str], key: str = IMPUTED_LAYER) -> pd.DataFrame:
@@ -308,6 +539,13 @@ SPEC = register_spec(TaskSpec(
                doc="compact imputation: decoder weights and genes (reconstruct() decodes any gene)"),
         Output("genes_imputed", "obsm", f"{IMPUTED_LAYER}_genes", suffix="_genes",
                doc="expected counts of the genes asked for (genes=), a DataFrame n x genes"),
+        Output("predicted", "obsm", PREDICTED_GENES_KEY, suffix="_predicted",
+               doc="genes predicted from a reference: a DataFrame n x genes, expression per 10^4 transcripts "
+                   "(the reference's scale)"),
+        Output("prediction_factors", "obsm", f"{PREDICTED_GENES_KEY}_factors", suffix="_predicted_factors",
+               doc="compact gene prediction: factors per observation (instead of the table when it is too large)"),
+        Output("prediction_loadings", "uns", f"{PREDICTED_GENES_KEY}_loadings", suffix="_predicted_loadings",
+               doc="compact gene prediction: loadings per gene, link and scale (gene_prediction.reconstruct)"),
     ),
     prepare=prepare,
     write=write,
