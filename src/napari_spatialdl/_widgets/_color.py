@@ -14,11 +14,12 @@ from qtpy.QtWidgets import (
     QLabel,
     QLineEdit,
     QListWidget,
-    QVBoxLayout,
     QWidget,
 )
 
 from ..layers import META_ADATA, META_COLOR, colorable_keys
+from ._compat import real
+from ._inputs import NarrowPanel, fit_width, scrolled_layout
 from ._legend import SpotsLegend, is_spots_layer
 from ._viewer import color_spots
 
@@ -28,7 +29,7 @@ COLORMAPS = ("viridis", "magma", "inferno", "plasma", "cividis", "turbo", "Reds"
 X_LABEL = "X"
 
 
-class ColorSpotsWidget(QWidget):
+class ColorSpotsWidget(NarrowPanel):
     """Choose a spots layer and what colours it; shows the legend or colour bar.
 
     Parameters
@@ -39,7 +40,7 @@ class ColorSpotsWidget(QWidget):
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.viewer = napari_viewer
+        self.viewer = napari_viewer = real(napari_viewer)
         self._keys: dict[str, list[str]] = {"genes": [], "obs": [], "obsm": []}
         self._busy = False
 
@@ -77,11 +78,14 @@ class ColorSpotsWidget(QWidget):
         self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.legend = SpotsLegend(napari_viewer)
 
-        limits = QHBoxLayout()
+        self.limits_row = QWidget()
+        limits = QHBoxLayout(self.limits_row)
+        limits.setContentsMargins(0, 0, 0, 0)
         limits.addWidget(self.auto_limits)
         limits.addWidget(self.low)
         limits.addWidget(self.high)
         form = QFormLayout()
+        self.form = form
         form.addRow("Spots layer", self.layer_combo)
         form.addRow("Colour by", self.source_combo)
         form.addRow("Find", self.search)
@@ -89,11 +93,12 @@ class ColorSpotsWidget(QWidget):
         form.addRow(self.count_label)
         form.addRow("Gene values from", self.adata_layer_combo)
         form.addRow("Colormap", self.cmap_combo)
-        form.addRow("Limits", limits)
-        layout = QVBoxLayout(self)
+        form.addRow("Limits", self.limits_row)
+        layout = scrolled_layout(self)
         layout.addLayout(form)
         layout.addWidget(self.message)
         layout.addWidget(self.legend)
+        layout.addStretch(1)
 
         self.layer_combo.currentIndexChanged.connect(self._on_layer_changed)
         self.source_combo.currentIndexChanged.connect(self._fill_keys)
@@ -109,6 +114,7 @@ class ColorSpotsWidget(QWidget):
         napari_viewer.layers.events.moved.connect(self._refresh_layers)
         napari_viewer.layers.selection.events.active.connect(self._on_active_layer)
         self._refresh_layers()
+        fit_width(self)
 
     # ------------------------------------------------------------------ state
     @property
@@ -200,7 +206,12 @@ class ColorSpotsWidget(QWidget):
                     self.key_list.setCurrentItem(items[0])
         finally:
             self._busy = False
-        self.count_label.setText(f"{len(shown)} of {len(keys)}" if text else f"{len(keys)} keys")
+        what = {"genes": "genes", "obs": "columns", "obsm": "columns"}.get(self.source or "genes", "keys")
+        if text and not shown:
+            self.count_label.setText(f"No {what[:-1]} matches '{self.search.text().strip()}' "
+                                     f"(of {len(keys)} {what}).")
+        else:
+            self.count_label.setText(f"{len(shown)} of {len(keys)} {what}" if text else f"{len(keys)} {what}")
         self.adata_layer_combo.setEnabled(self.source == "genes")
 
     def _on_key_chosen(self, key: str) -> None:
@@ -215,6 +226,14 @@ class ColorSpotsWidget(QWidget):
     def _reapply(self, *args: Any) -> None:
         if not self._busy and self.current_key:
             self.apply()
+
+    def _show_numeric_rows(self, numeric: bool) -> None:
+        """Colormap and limits only for numbers (a categorical colouring has neither)."""
+        for widget in (self.cmap_combo, self.limits_row):
+            widget.setVisible(numeric)
+            label = self.form.labelForField(widget)
+            if label is not None:
+                label.setVisible(numeric)
 
     # ------------------------------------------------------------------ actions
     def set_key(self, key: str, source: str | None = None) -> None:
@@ -249,6 +268,7 @@ class ColorSpotsWidget(QWidget):
             self.message.setText(f"<span style='color:#ff7070'>{err}</span>")
             return
         self.message.setText("")
+        self._show_numeric_rows(info.kind == "numeric")
         if info.kind == "numeric" and info.limits is not None and self.auto_limits.isChecked():
             self._busy = True
             try:

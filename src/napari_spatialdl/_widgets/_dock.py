@@ -1,25 +1,22 @@
-"""One dock for everything: the four task panels and region annotation, as tabs."""
+"""One dock for everything: the four task panels and region annotation, as tabs (each scrolls)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from qtpy.QtCore import Qt, QTimer
-from qtpy.QtWidgets import QScrollArea, QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QTabWidget, QVBoxLayout, QWidget
 
+from ._annotate import AnnotateWidget
+from ._compat import real
+from ._deconvolve import DeconvolveWidget
+from ._impute import ImputeWidget
+from ._integrate import IntegrateWidget
+from ._panel import TaskWidget
 from ._regions import RegionsWidget
-from ._tasks import AnnotateWidget, DeconvolveWidget, ImputeWidget, IntegrateWidget, TaskWidget
 
 if TYPE_CHECKING:
     import napari
-
-
-def _scrolled(widget: QWidget) -> QScrollArea:
-    area = QScrollArea()
-    area.setWidgetResizable(True)
-    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-    area.setWidget(widget)
-    return area
 
 
 class SpatialDLDock(QWidget):
@@ -31,7 +28,7 @@ class SpatialDLDock(QWidget):
 
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None):
         super().__init__(parent)
-        self.viewer = napari_viewer
+        self.viewer = napari_viewer = real(napari_viewer)
         self.tabs = QTabWidget()
         self.tabs.setUsesScrollButtons(True)
         self.impute = ImputeWidget(napari_viewer)
@@ -40,16 +37,16 @@ class SpatialDLDock(QWidget):
         self.annotate = AnnotateWidget(napari_viewer)
         self.regions = RegionsWidget(napari_viewer)
         for widget in (self.impute, self.integrate, self.deconvolve, self.annotate):
-            self.tabs.addTab(_scrolled(widget), widget.title)
-        self.tabs.addTab(_scrolled(self.regions), "Regions")
+            self.tabs.addTab(widget, widget.title)
+        self.tabs.addTab(self.regions, "Regions")
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.tabs)
         # regions written to obs become choosable labels in the Annotate panel
         self.regions.assigned.connect(self._regions_assigned)
-        # wide enough for every panel (its scroll area shows no horizontal bar)
+        # wide enough for every panel (they scroll vertically, never horizontally)
         panels = (*self.task_widgets().values(), self.regions)
-        self.setMinimumWidth(max(p.minimumSizeHint().width() for p in panels) + 30)
+        self.setMinimumWidth(max(p.minimumWidth() for p in panels) + 8)
         self._fits_left = 3
 
     def resizeEvent(self, event) -> None:  # noqa: N802 (Qt)
@@ -60,15 +57,12 @@ class SpatialDLDock(QWidget):
             QTimer.singleShot(0, self._fit_legend)
 
     def _fit_legend(self) -> None:
-        from ._legend import _LIVE_LEGENDS
-        from ._overlay import _fit_dock_height
+        from ._legend import find_legends
+        from ._overlay import fit_dock_height
 
-        for legend in list(_LIVE_LEGENDS):
-            try:
-                if legend.viewer is self.viewer and legend.isVisible():
-                    _fit_dock_height(self.viewer, legend)
-            except RuntimeError:  # a deleted legend
-                continue
+        for legend in find_legends(self.viewer):
+            if legend.isVisible():
+                fit_dock_height(legend)
 
     def _regions_assigned(self, key: str) -> None:
         for widget in self.task_widgets().values():

@@ -27,58 +27,35 @@ from qtpy.QtWidgets import (
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
-    QVBoxLayout,
     QWidget,
 )
 
-from ..regions import assign_regions, region_counts, write_regions
-from ._tasks import _set_items, compact_combos, spots_layers
+from ..regions import region_counts, write_regions
+from ._compat import real
+from ._inputs import (
+    NarrowPanel,
+    compact_combos,
+    fit_width,
+    scrolled_layout,
+    set_items,
+    spots_layers,
+)
+from ._regions_geometry import (
+    REGION_FEATURE,
+    regions_of_spots,
+    shape_names,
+    spots_world_yx,
+    to_world,
+)
 
 if TYPE_CHECKING:
     import napari
 
-#: the Shapes layer feature holding each region's name
-REGION_FEATURE = "region"
 #: metadata flag marking a Shapes layer made by this widget
 META_REGIONS = "spatialdl_regions"
 
 
-def to_world(layer: Any, coords: np.ndarray) -> np.ndarray:
-    """Data coordinates of ``layer`` to world coordinates (scale, translate, rotate, affine)."""
-    coords = np.asarray(coords, dtype=float)
-    if coords.size == 0:
-        return coords.reshape(0, max(1, coords.shape[-1] if coords.ndim else 2))
-    return np.asarray(layer._data_to_world(coords), dtype=float)
-
-
-def spots_world_yx(points_layer: Any) -> np.ndarray:
-    """The spots' ``(y, x)`` centres in world coordinates (last two dimensions)."""
-    return to_world(points_layer, points_layer.data)[:, -2:]
-
-
-def shape_names(shapes_layer: Any) -> list[str]:
-    """One name per shape from the layer's ``features['region']`` ('' when missing)."""
-    n = len(shapes_layer.data)
-    if REGION_FEATURE not in shapes_layer.features.columns:
-        return [""] * n
-    values = shapes_layer.features[REGION_FEATURE].tolist()
-    return ["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in values][:n]
-
-
-def regions_of_spots(points_layer: Any, shapes_layer: Any) -> pd.Categorical:
-    """The region (shape name) of every spot of ``points_layer``; NaN outside every shape."""
-    names = shape_names(shapes_layer)
-    unnamed = [i for i, name in enumerate(names) if not name.strip()]
-    if unnamed:
-        raise ValueError(
-            f"{len(unnamed)} shape(s) have no name (shape {', '.join(str(i + 1) for i in unnamed[:5])}): "
-            "name every region in the table first."
-        )
-    vertices = [to_world(shapes_layer, v)[:, -2:] for v in shapes_layer.data]
-    return assign_regions(spots_world_yx(points_layer), vertices, names, list(shapes_layer.shape_type))
-
-
-class RegionsWidget(QWidget):
+class RegionsWidget(NarrowPanel):
     """Draw regions on the tissue and write them to ``adata.obs`` as training labels."""
 
     #: emitted with the obs column name after regions were written
@@ -86,10 +63,10 @@ class RegionsWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None):
         super().__init__(parent)
-        self.viewer = napari_viewer
+        self.viewer = real(napari_viewer)
         self._syncing = False
         self._shapes_connected: Any = None
-        layout = QVBoxLayout(self)
+        layout = scrolled_layout(self)
         intro = QLabel(
             "Draw regions on the tissue (polygon, rectangle or ellipse tools of the regions layer), "
             "name each one, then press Assign: the spots inside get the region's name in the "
@@ -135,6 +112,7 @@ class RegionsWidget(QWidget):
         layout.addStretch(1)
 
         compact_combos(self)
+        fit_width(self)
         self.new_button.clicked.connect(lambda: self.new_regions_layer())
         self.rename_button.clicked.connect(self.rename_selected)
         self.assign_button.clicked.connect(self._assign_clicked)
@@ -163,11 +141,11 @@ class RegionsWidget(QWidget):
     def refresh(self) -> None:
         from napari.layers import Shapes
 
-        _set_items(self.spots, [(lyr.name, lyr.name) for lyr in spots_layers(self.viewer)])
+        set_items(self.spots, [(lyr.name, lyr.name) for lyr in spots_layers(self.viewer)])
         shapes = [lyr for lyr in self.viewer.layers if isinstance(lyr, Shapes)]
         # prefer our own regions layers
         shapes.sort(key=lambda lyr: not lyr.metadata.get(META_REGIONS, False))
-        _set_items(self.shapes, [(lyr.name, lyr.name) for lyr in shapes])
+        set_items(self.shapes, [(lyr.name, lyr.name) for lyr in shapes])
         self._follow_shapes()
         ok = self.spots_layer is not None and self.shapes_layer is not None
         self.assign_button.setEnabled(ok)

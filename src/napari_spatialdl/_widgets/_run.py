@@ -22,10 +22,12 @@ _ACTIVE: set[TaskRun] = set()
 _VIEWS: list[Any] = []
 
 
-def _resolve_reference(reference: Any, layer: Any) -> Any:
+def _resolve_reference(reference: Any, layer: Any, required: bool) -> Any:
     from anndata import AnnData
 
     if reference is None:
+        if not required:
+            return None
         reference = layer.metadata.get("reference")
         if reference is None:
             raise ValueError(
@@ -66,9 +68,10 @@ def run(viewer: Any, task: str, *, adata: Any = None, method: str = "spatialdl",
     timeout
         With ``block=True``: seconds to wait before cancelling the run (TimeoutError).
     **params
-        The task's inputs and the method's parameters: ``batch_key=`` (integrate),
-        ``reference=`` (AnnData or .h5ad path; default the reference the spots layer carries)
-        and ``labels_key=`` (deconvolve, annotate), then e.g. ``max_epochs=``, ``device=``.
+        The task's other inputs by their API names (``tasks.get_spec(task).inputs``: e.g.
+        ``batch_key=``, ``reference=`` — an AnnData or an .h5ad path, by default the reference
+        the spots layer carries — and ``labels_key=``), then the task's options and the method's
+        parameters (``max_epochs=``, ``device=``, ...).
 
     Returns
     -------
@@ -76,13 +79,15 @@ def run(viewer: Any, task: str, *, adata: Any = None, method: str = "spatialdl",
         The napari ``GeneratorWorker`` (``worker.quit()`` cancels), or with ``block=True``
         the result.
     """
-    from ..tasks import get_method
+    from ..tasks import get_method, get_spec
+    from ..tasks._spec import DATA, REFERENCE
     from ._overlay import result_view_for, show_task_result
     from ._viewer import find_spots_layer, show
 
     if task not in TASKS:
         raise ValueError(f"Unknown task {task!r}; tasks are {', '.join(TASKS)}.")
-    get_method(task, method)  # unknown method or missing package: raise here, in the script
+    spec = get_spec(task)
+    m = get_method(task, method)  # unknown method or missing package: raise here, in the script
     try:
         layer = find_spots_layer(viewer, adata)
     except LookupError:
@@ -90,23 +95,18 @@ def run(viewer: Any, task: str, *, adata: Any = None, method: str = "spatialdl",
             raise
         show(adata, viewer)
         layer = find_spots_layer(viewer, adata)
-    adata = layer.metadata["adata"]
-    context: dict[str, Any] = {}
-    if task == "integrate":
-        if "batch_key" not in params:
-            raise ValueError("integrate needs batch_key=: the obs column naming each spot's batch.")
-        batch_key = params.pop("batch_key")
-        args: tuple = (adata, batch_key)
-        context["batch_key"] = batch_key
-    elif task in ("deconvolve", "annotate"):
-        reference = _resolve_reference(params.pop("reference", None), layer)
-        if "labels_key" not in params:
-            raise ValueError(f"{task} needs labels_key=: the reference's obs column of cell types.")
-        labels_key = params.pop("labels_key")
-        args = (adata, reference, labels_key)
-        context.update(reference=reference, labels_key=labels_key)
-    else:
-        args = (adata,)
+    inputs: dict[str, Any] = {spec.data_input.name: layer.metadata["adata"]}
+    for inp in spec.inputs:
+        if inp.role == DATA:
+            continue
+        value = params.pop(inp.name, None)
+        if inp.role == REFERENCE and inp.name not in m.refuses:
+            value = _resolve_reference(value, layer, inp.required or inp.name in m.needs)
+        if value is None and inp.required:
+            raise ValueError(f"{task} needs {inp.name}=: {inp.doc}.")
+        if value is not None:
+            inputs[inp.name] = value
+    context = {k: v for k, v in inputs.items() if k != spec.data_input.name}
 
     view = result_view_for(task, viewer) if overlay else None
 
@@ -115,7 +115,7 @@ def run(viewer: Any, task: str, *, adata: Any = None, method: str = "spatialdl",
             _VIEWS.append(show_task_result(viewer, layer, task, result, view=view, **context))
             del _VIEWS[:-8]  # keep the last few views alive, no more
 
-    task_run = TaskRun(task, args, method, params, on_result=on_result,
+    task_run = TaskRun(task, inputs, method, params, viewer=viewer, on_result=on_result,
                        on_finish=_ACTIVE.discard, show_errors=not block,
                        postprocess=view.worker_postprocess() if view is not None else None)
     _ACTIVE.add(task_run)
