@@ -18,10 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ._constants import PROPORTIONS_KEY, TASKS
-
-DOMINANT_KEY = "dominant_cell_type"
-
+from ._constants import DOMINANT_KEY, PROPORTIONS_KEY, TASKS
 
 # ---------------------------------------------------------------------------------------------
 # progress
@@ -67,35 +64,15 @@ def progress_printer(stream: Any = None, every_s: float = 10.0) -> Callable[[Any
 
 
 def add_dominant_type(spatial: Any, reference: Any | None = None, labels_key: str = "cell_type") -> pd.Categorical:
-    """``spatial.obs['dominant_cell_type']``: the cell type with the largest estimated proportion.
+    """``spatial.obs['spatialdl_dominant_cell_type']``: the cell type with the largest estimated
+    proportion (:func:`napari_spatialdl.tasks._derived.dominant_cell_type`, the key the GUI uses too).
 
-    Its colours (``uns['dominant_cell_type_colors']``) follow the reference's
+    Its colours (``uns['spatialdl_dominant_cell_type_colors']``) follow the reference's
     ``uns[f'{labels_key}_colors']`` when there is one, so both datasets show a type in the same colour.
     """
-    props = spatial.obsm[PROPORTIONS_KEY]
-    if not isinstance(props, pd.DataFrame):
-        raise TypeError(f"obsm[{PROPORTIONS_KEY!r}] must be a DataFrame with one column per cell type.")
-    columns = [str(c) for c in props.columns]
-    dominant = pd.Categorical(np.asarray(columns, dtype=object)[np.argmax(props.to_numpy(), axis=1)],
-                              categories=columns)
-    spatial.obs[DOMINANT_KEY] = dominant
-    colors = _reference_colors(reference, labels_key)
-    if colors and all(c in colors for c in columns):
-        spatial.uns[f"{DOMINANT_KEY}_colors"] = [colors[c] for c in columns]
-    return dominant
+    from .tasks._derived import dominant_cell_type
 
-
-def _reference_colors(reference: Any | None, labels_key: str) -> dict[str, str]:
-    if reference is None or labels_key not in reference.obs:
-        return {}
-    labels = reference.obs[labels_key]
-    colors = reference.uns.get(f"{labels_key}_colors")
-    if colors is None or not isinstance(labels.dtype, pd.CategoricalDtype):
-        return {}
-    categories = [str(c) for c in labels.cat.categories]
-    if len(colors) < len(categories):
-        return {}
-    return dict(zip(categories, map(str, colors)))
+    return dominant_cell_type(spatial, reference=reference, labels_key=labels_key)
 
 
 def truth_agreement(spatial: Any, truth_key: str = "true_proportions") -> dict[str, float] | None:
