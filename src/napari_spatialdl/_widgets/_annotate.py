@@ -100,7 +100,8 @@ class AnnotateView(ResultView):
             self.status.text() + f" Most spots are '{UNASSIGNED}' because their confidence is below the "
             f"threshold {float(threshold):g}; the highest confidence reached is {top:.2f}. A lower "
             f"threshold labels more spots (0 labels every spot).")
-        self.fix_button.setText(f"Use threshold {self._suggested:g} (most spots get a label) and run again")
+        self.fix_button.setText(f"Run again at threshold {self._suggested:g}")
+        self.fix_button.setToolTip(f"At {self._suggested:g}, about 80 % of the spots get a label.")
         self.fix_button.setVisible(self.on_fix is not None)
 
     def _apply_fix(self) -> None:

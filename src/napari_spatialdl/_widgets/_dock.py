@@ -11,6 +11,7 @@ from ._annotate import AnnotateWidget
 from ._compat import real
 from ._deconvolve import DeconvolveWidget
 from ._impute import ImputeWidget
+from ._inputs import NarrowPanel
 from ._integrate import IntegrateWidget
 from ._panel import TaskWidget
 from ._regions import RegionsWidget
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     import napari
 
 
-class SpatialDLDock(QWidget):
+class SpatialDLDock(NarrowPanel):
     """Spatial DL: Impute, Integrate, Deconvolve, Annotate and Regions in one dock (tabs).
 
     Attributes ``impute``, ``integrate``, ``deconvolve``, ``annotate`` (task panels) and

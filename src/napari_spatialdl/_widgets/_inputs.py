@@ -43,6 +43,10 @@ def spots_layers(viewer: Any) -> list[Any]:
             if isinstance(layer, Points) and isinstance(layer.metadata.get("adata"), AnnData)]
 
 
+#: widest a panel makes itself (wider content scrolls sideways rather than squeeze the canvas)
+MAX_PANEL_WIDTH = 380
+
+
 class NarrowPanel(QWidget):
     """A panel that asks its dock for no more width than it needs, so the canvas keeps its room."""
 
@@ -50,17 +54,17 @@ class NarrowPanel(QWidget):
         return QSize(self.minimumWidth() + 8, super().sizeHint().height())
 
     def showEvent(self, event: Any) -> None:  # noqa: N802 (Qt)
-        if getattr(self, "scroll", None) is not None:
+        if getattr(self, "scroll_area", None) is not None:
             fit_width(self)  # fonts and styles are final once shown
         super().showEvent(event)
 
     def resizeEvent(self, event: Any) -> None:  # noqa: N802 (Qt)
         super().resizeEvent(event)
-        scroll = getattr(self, "scroll", None)
-        if scroll is not None:  # content wider than the view (it grew): widen, never cut it off
+        scroll = getattr(self, "scroll_area", None)
+        if scroll is not None:  # content wider than the view (it grew): widen up to MAX_PANEL_WIDTH
             over = scroll.widget().minimumSizeHint().width() - scroll.viewport().width()
-            if over > 0:
-                self.setMinimumWidth(self.minimumWidth() + over)
+            if over > 0 and self.minimumWidth() < MAX_PANEL_WIDTH:
+                self.setMinimumWidth(min(MAX_PANEL_WIDTH, self.minimumWidth() + over))
 
 
 def scrolled_layout(owner: QWidget, min_width: int = 0) -> QVBoxLayout:
@@ -73,23 +77,23 @@ def scrolled_layout(owner: QWidget, min_width: int = 0) -> QVBoxLayout:
     outer.setContentsMargins(0, 0, 0, 0)
     scroll = QScrollArea()
     scroll.setWidgetResizable(True)
-    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)  # only past MAX_PANEL_WIDTH
     scroll.setFrameShape(QScrollArea.Shape.NoFrame)
     outer.addWidget(scroll)
     body = QWidget()
     scroll.setWidget(body)
-    owner.scroll = scroll
-    owner.setMinimumHeight(160)
+    owner.scroll_area = scroll
+    owner.setMinimumHeight(120)
     if min_width:
         owner.setMinimumWidth(min_width)
     return QVBoxLayout(body)
 
 
 def fit_width(owner: QWidget) -> None:
-    """As wide as the scrolled body needs, so that nothing is cut off (it never scrolls sideways)."""
-    body = owner.scroll.widget()
-    bar = owner.scroll.verticalScrollBar().sizeHint().width()
-    owner.setMinimumWidth(body.minimumSizeHint().width() + bar + 2 * owner.scroll.frameWidth() + 4)
+    """As wide as the scrolled body needs (up to ``MAX_PANEL_WIDTH``), so that nothing is cut off."""
+    body = owner.scroll_area.widget()
+    bar = owner.scroll_area.verticalScrollBar().sizeHint().width()
+    owner.setMinimumWidth(min(MAX_PANEL_WIDTH, body.minimumSizeHint().width() + bar + 2 * owner.scroll_area.frameWidth() + 4))
 
 
 def compact_combos(widget: QWidget, min_chars: int = 10) -> None:

@@ -47,6 +47,7 @@ class LossPlot(QWidget):
         self.status = ""
         self.best_epoch: int | None = None
         self._last_step = -1
+        self.setVisible(False)  # shown with the first loss: methods that do not train have none
         self.update()
 
     def add_event(self, event: ProgressEvent) -> None:
@@ -63,6 +64,7 @@ class LossPlot(QWidget):
         self.n_epochs = int(event.n_epochs or 0)
         last = self.train[-1][0] if self.train else 0
         if event.train_loss is not None and math.isfinite(event.train_loss) and event.epoch > last:
+            self.setVisible(True)
             self.train.append((float(event.epoch), float(event.train_loss)))
             if event.val_loss is not None and math.isfinite(event.val_loss):
                 self.val.append((float(event.epoch), float(event.val_loss)))

@@ -47,10 +47,20 @@ def color_by(viewer: Any, layer: Any, key: str, **kwargs: Any) -> Any:
     reset_borders(layer)
     info = color_spots(layer, key, **kwargs)
     if viewer is not None and getattr(viewer, "window", None) is not None:
+        from qtpy.QtCore import QTimer
+
         dim_images(viewer)
         legend = ensure_legend(viewer, layer)
         fit_dock_height(legend)
+        QTimer.singleShot(0, lambda: _fit_later(legend))  # again once its layout has settled
     return info
+
+
+def _fit_later(legend: QWidget) -> None:
+    try:
+        fit_dock_height(legend)
+    except RuntimeError:  # the legend was closed meanwhile
+        pass
 
 
 def fit_dock_height(widget: QWidget, cap: int = 260) -> None:

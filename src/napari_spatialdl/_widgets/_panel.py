@@ -269,7 +269,7 @@ class TaskWidget(PanelInputs, NarrowPanel):
         I.compact_combos(self.params.native)
         self.params_layout.insertWidget(0, self.params.native)
         self._panel_key = key
-        if hasattr(self, "scroll") and self.results is not None:
+        if getattr(self, "scroll_area", None) is not None:
             I.fit_width(self)
 
     def _update_reason(self) -> None:

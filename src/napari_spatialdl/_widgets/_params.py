@@ -24,7 +24,7 @@ LABELS = {
     "n_top_genes": "genes used",
     "n_neighbors": "neighbours",
     "batch_size": "batch size",
-    "threshold": "confidence threshold",
+    "threshold": "threshold",
     "n_latent": "latent dimensions",
 }
 NONE_TEXT = "(none)"

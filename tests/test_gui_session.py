@@ -1,0 +1,126 @@
+"""A session the way a biologist runs the plugin (under xvfb-run, window 1280 x 800).
+
+    xvfb-run -a -s "-screen 0 1600x1200x24" python -m pytest tests/test_gui_session.py
+
+Open the synthetic sample from napari's File > Open Sample, open Deconvolve and Annotate from the
+Plugins menu (``add_plugin_dock_widget``), run each from its panel with few epochs set in the
+parameter editors, then a second deconvolution beside the first, then the tabbed Spatial DL dock.
+After each step: at most one legend, the window within the screen, the canvas at least about half
+the window's width, the result's key written, and the canvas colours differ from the plain tissue
+image where the spots are. Full-window screenshots are saved (see ``gui_helpers.SHOTS``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+pytestmark = [
+    pytest.mark.gui,
+    pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="needs a display (run under xvfb-run)"),
+]
+
+
+def test_sample_deconvolve_annotate_second_result(make_napari_viewer, qtbot):
+    from gui_helpers import (
+        add_panel,
+        assert_layout,
+        canvas_shot,
+        changed_at_spots,
+        click_run,
+        legend_docks,
+        plain_image,
+        plugin_viewer,
+        save_window,
+    )
+    from napari.layers import Points
+    from qtpy.QtCore import Qt
+
+    from napari_spatialdl.tasks import get_method
+
+    viewer = plugin_viewer(make_napari_viewer)
+    viewer.open_sample("napari-spatialdl", "synthetic_tissue")
+    spots = next(lyr for lyr in viewer.layers if isinstance(lyr, Points))
+    adata = spots.metadata["adata"]
+
+    # ---- Deconvolve from the Plugins menu: inputs found, Run ready
+    deconv = add_panel(viewer, "Deconvolve")
+    assert deconv.inputs["reference"].value() is spots.metadata["reference"]
+    assert deconv.inputs["labels_key"].currentText() == "cell_type"
+    native = get_method("deconvolve", "spatialdl")
+    assert deconv.method.currentText() == native.label  # plain words; the technical line as tooltip
+    assert deconv.method.itemData(deconv.method.currentIndex(), Qt.ItemDataRole.ToolTipRole) == native.description
+    deconv.params.fields["max_epochs"].widget.value = 5  # through the editor
+    viewer.reset_view()
+    plain = plain_image(viewer, spots)
+    click_run(qtbot, deconv)
+    assert "spatialdl_proportions" in adata.obsm
+    assert_layout(viewer, deconv)
+    assert changed_at_spots(viewer, spots, plain, canvas_shot(viewer)) > 0.5
+    legend = spots.metadata["spatialdl_legend"]
+    ct = deconv.results.cell_type.currentText()
+    assert legend.kind == "numeric" and legend.label == f"{ct} proportion"
+    assert legend.key == f"spatialdl_proportions:{ct}"
+    assert "Stopped" in deconv.controls.loss.status or "Done" in deconv.controls.loss.status
+    save_window(viewer, "session_1_deconvolve")
+    # the dominant type: categories, no numeric limits
+    deconv.results.view.setCurrentText(deconv.results.DOMINANT)
+    legend = spots.metadata["spatialdl_legend"]
+    assert legend.kind == "categorical" and legend.limits is None and legend.label == "Dominant cell type"
+    props = adata.obsm["spatialdl_proportions"]
+    np.testing.assert_array_equal(adata.obs["spatialdl_dominant_cell_type"].astype(str).to_numpy(),
+                                  np.asarray(props.columns)[props.to_numpy().argmax(axis=1)])
+
+    # ---- Annotate: learn the regions from the spots themselves, at a threshold so high that most
+    # spots stay unassigned: the view says why and offers the fix
+    ann = add_panel(viewer, "Annotate")
+    assert len(legend_docks(viewer)) == 1
+    picker = ann.inputs["reference"]
+    picker.combo.setCurrentIndex(picker.combo.findText(f"'{spots.name}' itself (its own labels)"))
+    assert picker.is_self
+    ann.set_labels_key("region")
+    ann.params.set(max_epochs=3, n_members=2, threshold=0.99)
+    click_run(qtbot, ann)
+    labels = adata.obs["spatialdl_cell_type"].astype(str)
+    assert (labels == "unassigned").mean() > 0.5
+    view = ann.results
+    assert view.fix_button.isVisible() and "highest confidence" in view.status.text()
+    qtbot.mouseClick(view.fix_button, Qt.MouseButton.LeftButton)  # "Use threshold ... and run again"
+    qtbot.waitUntil(lambda: ann.last_run.done, timeout=180_000)
+    assert ann.last_run.error is None, ann.last_run.error
+    labels = adata.obs["spatialdl_cell_type"].astype(str)
+    assert (labels == "unassigned").mean() < 0.5
+    assert_layout(viewer, ann)
+    assert changed_at_spots(viewer, spots, plain, canvas_shot(viewer)) > 0.5
+    legend = spots.metadata["spatialdl_legend"]
+    assert legend.kind == "categorical" and legend.label == "Predicted cell type"
+    assert set(legend.categories) <= {*adata.obs["region"].cat.categories, "unassigned"}
+    conf = adata.obs["spatialdl_confidence"].to_numpy(dtype=float)
+    alpha = np.asarray(spots.face_color)[:, 3]
+    assigned = (labels != "unassigned").to_numpy()
+    assert np.corrcoef(alpha[assigned], conf[assigned])[0, 1] > 0.9  # opacity follows the confidence
+    save_window(viewer, "session_2_annotate")
+
+    # ---- a second deconvolution (another method) sits beside the first
+    deconv.set_method("nnls")
+    assert "max_epochs" not in deconv.params.fields
+    click_run(qtbot, deconv)
+    assert {"spatialdl_proportions", "spatialdl_proportions_nnls"} <= set(adata.obsm)
+    assert deconv.results.which.count() == 2 and deconv.results.which.isVisible()
+    legend = spots.metadata["spatialdl_legend"]  # the view stays on the dominant type, now of nnls
+    assert legend.key == "spatialdl_dominant_cell_type_nnls" and legend.label == "Dominant cell type (nnls)"
+    deconv.results.view.setCurrentText(deconv.results.PROPORTION)
+    legend = spots.metadata["spatialdl_legend"]
+    assert legend.key.startswith("spatialdl_proportions_nnls:") and legend.label.endswith("proportion (nnls)")
+    assert_layout(viewer, deconv)
+    assert changed_at_spots(viewer, spots, plain, canvas_shot(viewer)) > 0.5
+    save_window(viewer, "session_3_second_result")
+
+    # ---- the tabbed dock sees both results (read from the run records) and keeps the layout
+    dock = add_panel(viewer, "Spatial DL")
+    dock.show_task("deconvolve")
+    assert dock.deconvolve.results.which.count() == 2
+    assert_layout(viewer, dock)
+    save_window(viewer, "session_4_tabbed_dock")
