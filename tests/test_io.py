@@ -24,8 +24,8 @@ from napari_spatialdl.io import (
     spots_px,
     write_h5ad,
 )
-from napari_spatialdl.io._npe2 import get_reader
-from napari_spatialdl.io._npe2 import write_h5ad as npe2_write_h5ad
+from napari_spatialdl._napari._npe2 import get_reader
+from napari_spatialdl._napari._npe2 import write_h5ad as npe2_write_h5ad
 
 SR_FILES = ("filtered_feature_bc_matrix.h5", "spatial/tissue_positions_list.csv",
             "spatial/scalefactors_json.json", "spatial/tissue_hires_image.png",
@@ -508,9 +508,11 @@ def test_io_does_not_import_gui():
     import subprocess
     import sys
 
+    # readers and writers import neither Qt/napari nor the napari side (layers, npe2 adapters)
     code = ("import sys, napari_spatialdl.io as io; io.read_visium; io.write_h5ad; io.read_counts_csv; "
-            "import napari_spatialdl.io._npe2; "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6')]; "
+            "io.read_spatialdata; io.write_spatialdata; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6')"
+            " or m in ('napari_spatialdl.layers', 'napari_spatialdl._napari', 'napari_spatialdl._widgets')]; "
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
