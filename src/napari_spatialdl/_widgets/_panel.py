@@ -225,7 +225,7 @@ class TaskWidget(PanelInputs, NarrowPanel):
             method = self.method_obj
             of_data = self.spec.input(of or self.spec.data_input.name).role == DATA
             layer = self._previous(name) if of_data else None
-            if layer not in [d for _, d in items]:
+            if layer is None or layer not in [d for _, d in items]:  # no earlier run: what holds counts
                 layer = I.preferred_layer(owner, method is None or method.counts) if owner is not None else None
             keep = I.X_TEXT if layer is None else str(layer)
         I.set_items(combo, items, keep=keep)
