@@ -170,6 +170,14 @@ def csr_mb(X) -> float:
 # ------------------------------------------------------------------------ one run (child process)
 
 def _peak_rss_mb() -> float:
+    """This process's peak resident memory (``VmHWM``: reset by ``exec``, unlike ``ru_maxrss``,
+    which a child inherits from the parent it was forked from)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -353,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
               f"Machine: {os.cpu_count()} CPU cores, {_mem_available_mb() / 1e3:.0f} GB available; device "
               f"{args.device}. Fixed epoch budget: {args.epochs} epoch(s) for every trained method "
               "(deconvolution's reference model in DestVI too); `nnls` has no epochs. "
-              "Peak RSS: the run's own process (data loading included); RMSE: cell-type proportions vs "
+              "Peak RSS: the run's own process (VmHWM; imports and data loading included, see 'RSS after load'); RMSE: cell-type proportions vs "
               "the simulated truth (deconvolution).\n\n")
     text = header + table(rows) + "\n"
     print("\n" + text)
