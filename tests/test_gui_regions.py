@@ -15,7 +15,7 @@ from matplotlib.path import Path as MplPath
 
 pytestmark = pytest.mark.gui
 
-SCREEN = (1200, 900)
+SCREEN = (1280, 800)
 
 
 def world_spots(layer) -> np.ndarray:
@@ -35,7 +35,7 @@ def canvas_pixels(viewer, shot: np.ndarray, world_yx: np.ndarray) -> np.ndarray:
     center = np.asarray(viewer.camera.center)[-2:]
     zoom = viewer.camera.zoom
     h, w = shot.shape[:2]
-    canvas_h = viewer.window._qt_viewer.canvas.size[0]  # (height, width) in logical pixels
+    canvas_h = viewer.canvas.size[0]  # (height, width) in logical pixels
     scale = h / canvas_h if canvas_h else 1.0
     rc = (world_yx - center) * zoom * scale + np.array([h / 2, w / 2])
     return np.round(rc).astype(int)
@@ -50,7 +50,7 @@ def colour_at(shot: np.ndarray, rc: np.ndarray) -> np.ndarray:
 @pytest.fixture
 def viewer(make_napari_viewer):
     v = make_napari_viewer(show=True)
-    v.window._qt_window.resize(*SCREEN)
+    v.window.resize(*SCREEN)
     return v
 
 
@@ -64,13 +64,14 @@ def small_tissue():
 
 
 def test_regions_on_synthetic_tissue(viewer, qtbot, small_tissue):
-    from napari_spatialdl._widgets._regions import RegionsWidget
+    from gui_helpers import add_panel
+
     from napari_spatialdl._widgets._viewer import show
 
     spatial, _ = small_tissue
     show(spatial, viewer, legend=False)
     spots = viewer.layers[-1]
-    widget = RegionsWidget(viewer)  # not docked: the canvas keeps its size for the pixel checks
+    widget = add_panel(viewer, "Annotate regions")  # as napari's Plugins menu opens it
     assert widget.spots_layer is spots
     layer = widget.new_regions_layer()
     assert layer.mode == "add_polygon"
@@ -134,7 +135,8 @@ def test_regions_on_synthetic_tissue(viewer, qtbot, small_tissue):
 
 def test_regions_follow_layer_transforms(viewer, small_tissue):
     """A Shapes layer with its own scale/translate is compared in world coordinates."""
-    from napari_spatialdl._widgets._regions import RegionsWidget
+    from gui_helpers import add_panel
+
     from napari_spatialdl._widgets._viewer import show
 
     spatial, _ = small_tissue
@@ -148,7 +150,7 @@ def test_regions_follow_layer_transforms(viewer, small_tissue):
     shapes = viewer.add_shapes([(poly_world - translate) / scale], shape_type="polygon",
                                scale=scale, translate=translate,
                                features=pd.DataFrame({"region": ["wedge"]}), name="hand drawn")
-    widget = RegionsWidget(viewer)
+    widget = add_panel(viewer, "Annotate regions")
     widget.shapes.setCurrentText(shapes.name)
     assert widget.shapes_layer is shapes
     col = widget.assign("wedge_region")
@@ -158,14 +160,14 @@ def test_regions_follow_layer_transforms(viewer, small_tissue):
 
 
 def test_unnamed_region_is_refused(viewer, small_tissue):
+    from gui_helpers import add_panel
     from napari.utils.notifications import notification_manager
 
-    from napari_spatialdl._widgets._regions import RegionsWidget
     from napari_spatialdl._widgets._viewer import show
 
     spatial, _ = small_tissue
     show(spatial, viewer, legend=False)
-    widget = RegionsWidget(viewer)
+    widget = add_panel(viewer, "Annotate regions")
     layer = widget.new_regions_layer()
     yx = world_spots(widget.spots_layer)
     layer.add_polygons([np.array([yx.min(0), [yx.min(0)[0], yx.max(0)[1]], yx.max(0)])])
@@ -180,7 +182,8 @@ def test_unnamed_region_is_refused(viewer, small_tissue):
 
 def test_regions_on_real_hne(viewer, shared_data):
     """The real Space Ranger 1.0.0 H&E: a rectangle over the upper half of the spots."""
-    from napari_spatialdl._widgets._regions import RegionsWidget
+    from gui_helpers import add_panel
+
     from napari_spatialdl._widgets._viewer import show
     from napari_spatialdl.io import read_visium
 
@@ -189,7 +192,7 @@ def test_regions_on_real_hne(viewer, shared_data):
     spots = viewer.layers[-1]
     image = viewer.layers[-2]
     assert image.rgb
-    widget = RegionsWidget(viewer)
+    widget = add_panel(viewer, "Annotate regions")
     layer = widget.new_regions_layer()
     yx = world_spots(spots)
     lo, hi = yx.min(axis=0), yx.max(axis=0)
@@ -209,14 +212,14 @@ def test_regions_on_real_hne(viewer, shared_data):
 
 def test_regions_train_annotation_of_the_rest(viewer, qtbot, small_tissue):
     """Label a few spots per anatomical region by drawing squares, then annotate the rest."""
-    from napari_spatialdl._widgets._dock import SpatialDLDock
+    from gui_helpers import add_panel
+
     from napari_spatialdl._widgets._viewer import show
 
     spatial, _ = small_tissue
     show(spatial, viewer, legend=False)
     spots = viewer.layers[-1]
-    dock = SpatialDLDock(viewer)
-    viewer.window.add_dock_widget(dock, name="Spatial DL")
+    dock = add_panel(viewer, "Spatial DL")
     regions = dock.show_task("regions")
     layer = regions.new_regions_layer()
     yx = world_spots(spots)
@@ -234,9 +237,9 @@ def test_regions_train_annotation_of_the_rest(viewer, qtbot, small_tissue):
     np.testing.assert_array_equal(col.astype(object)[picked].to_numpy(), truth[picked])
 
     annotate = dock.show_task("annotate")
-    combo = annotate.reference.combo
+    combo = annotate.inputs["reference"].combo
     combo.setCurrentIndex(combo.findText(f"'{spots.name}' itself (its own labels)"))
-    assert annotate.reference.value() is spatial
+    assert annotate.inputs["reference"].value() is spatial
     annotate.set_labels_key("hand_labels")
     annotate.params.set(max_epochs=30)
     assert annotate.run_button.isEnabled(), annotate.controls.reason.text()
@@ -253,6 +256,5 @@ def test_regions_train_annotation_of_the_rest(viewer, qtbot, small_tissue):
     assert balanced > 2 / len(np.unique(truth)), balanced
     from imageio.v3 import imwrite
 
-    viewer.window._qt_window.resize(1500, 1000)
     qtbot.wait(100)
     imwrite("/tmp/sdl_regions_annotated.png", viewer.screenshot(canvas_only=False, flash=False))

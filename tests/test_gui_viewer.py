@@ -77,19 +77,21 @@ def _show(viewer, adata, **kwargs):
 
     out = show(adata, viewer, **kwargs)
     assert out is viewer
-    viewer.window._qt_window.resize(1400, 1000)
+    viewer.window.resize(1400, 1000)
     _process_events()
     viewer.reset_view()
     return find_spots_layer(viewer, adata)
 
 
 def test_spots_drawn_on_the_tissue_and_recoloured(make_napari_viewer, tissue):
+    from napari.layers import Image
+
     from napari_spatialdl._widgets._viewer import color_spots
 
     spatial, _ = tissue
     viewer = make_napari_viewer(show=True)
     layer = _show(viewer, spatial, color="region")
-    image_layer = next(lyr for lyr in viewer.layers if lyr._type_string == "image")
+    image_layer = next(lyr for lyr in viewer.layers if isinstance(lyr, Image))
     assert image_layer.rgb and layer.size[0] > 3  # spot diameter in image pixels
     shot = _canvas_shot(viewer)
     _save("synthetic_region", shot)
@@ -160,7 +162,9 @@ def test_real_mouse_hover_updates_status(make_napari_viewer, tissue, qtbot):
     shot = _canvas_shot(viewer)
     i = 11
     r, c = _world_to_shot(viewer, shot, layer.data[i : i + 1])[0]
-    native = viewer.window._qt_viewer.canvas.native
+    from napari_spatialdl._widgets._compat import gl_canvas, main_window
+
+    native = gl_canvas(main_window(viewer))
     ratio = shot.shape[1] / native.width()
     local = QPointF(c / ratio, r / ratio)
     glob = QPointF(native.mapToGlobal(QPoint(int(local.x()), int(local.y()))))
@@ -168,8 +172,8 @@ def test_real_mouse_hover_updates_status(make_napari_viewer, tissue, qtbot):
     move = QMouseEvent(QEvent.Type.MouseMove, local, glob, Qt.MouseButton.NoButton,
                        Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier)
     QApplication.sendEvent(native, move)
-    # make_napari_viewer stops napari's status thread; run the computation it would run
-    viewer.window._qt_window.status_thread.calculate_status()
+    # make_napari_viewer stops napari's status thread; compute the status from the moved cursor
+    viewer.update_status_from_cursor()
     qtbot.waitUntil(lambda: spatial.obs_names[i] in str(viewer.status), timeout=5000)
     assert f"region: {spatial.obs['region'].iloc[i]}" in str(viewer.status)
 
@@ -192,7 +196,7 @@ def test_color_widget_legend_visible_in_window(make_napari_viewer, tissue):
     legend = widget.legend
     assert legend.mode == "categorical" and legend.entries() == categories
     assert legend.isVisible()
-    window = viewer.window._qt_window
+    window = widget.window()
     grab = window.grab().toImage()
     SHOTS.mkdir(parents=True, exist_ok=True)
     grab.save(str(SHOTS / "window_legend_categories.png"))
@@ -268,17 +272,19 @@ def test_legend_follows_recolouring_by_other_code(make_napari_viewer, tissue):
     legend.parent().hide()  # the user closed the dock: it comes back, still one
     assert ensure_legend(viewer) is legend and not legend.parent().isHidden()
     color_spots(layer, "true_proportions:Astrocyte")
-    assert legend.mode == "numeric" and legend.title.text() == "true_proportions:Astrocyte"
+    assert legend.mode == "numeric" and legend.title.text() == "Astrocyte proportion (simulated truth)"
 
 
 def test_real_visium_he_with_spots(make_napari_viewer, shared_data):
+    from napari.layers import Image
+
     from napari_spatialdl.io import read_visium
 
     adata = read_visium(shared_data / "visium_spaceranger_1.0.0")
     viewer = make_napari_viewer(show=True)
     with pytest.warns(UserWarning, match="hires"):
         layer = _show(viewer, adata, color="array_row")
-    image_layer = next(lyr for lyr in viewer.layers if lyr._type_string == "image")
+    image_layer = next(lyr for lyr in viewer.layers if isinstance(lyr, Image))
     assert image_layer.data.shape[:2] == (600, 600)
     shot = _canvas_shot(viewer)
     _save("visium_real_he", shot)
@@ -311,6 +317,6 @@ def test_gui_demo_opens_viewer_with_proportions(make_napari_viewer, monkeypatch)
     props = layer.metadata["adata"].obsm["spatialdl_proportions"]
     cols = [f"spatialdl_proportions:{c}" for c in props.columns]
     assert set(cols) <= set(layer.features.columns)
-    assert "dominant_cell_type" in layer.features.columns
+    assert "spatialdl_dominant_cell_type" in layer.features.columns
     assert "Colour spots" in viewer.window.dock_widgets
     _save("demo_gui", _canvas_shot(viewer))

@@ -85,6 +85,7 @@ class ColorSpotsWidget(NarrowPanel):
         limits.addWidget(self.low)
         limits.addWidget(self.high)
         form = QFormLayout()
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
         self.form = form
         form.addRow("Spots layer", self.layer_combo)
         form.addRow("Colour by", self.source_combo)
@@ -212,7 +213,11 @@ class ColorSpotsWidget(NarrowPanel):
                                      f"(of {len(keys)} {what}).")
         else:
             self.count_label.setText(f"{len(shown)} of {len(keys)} {what}" if text else f"{len(keys)} {what}")
-        self.adata_layer_combo.setEnabled(self.source == "genes")
+        genes = self.source == "genes"
+        self.adata_layer_combo.setVisible(genes)  # only genes have values in X or a layer
+        label = self.form.labelForField(self.adata_layer_combo)
+        if label is not None:
+            label.setVisible(genes)
 
     def _on_key_chosen(self, key: str) -> None:
         if not self._busy and key:
