@@ -93,7 +93,7 @@ def get_method(task: str, name: str) -> Method:
 
 
 _METHOD_MODULES = (
-    "imputation", "integration", "deconvolution", "annotation",
+    "imputation", "integration", "deconvolution", "annotation", "annotation_transformer",
     "backends.scvi_tools", "backends.tangram", "backends.celltypist", "backends.harmony",
     "backends.magic",
 )
