@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
-from qtpy.QtCore import QSize, Qt
+from qtpy.QtCore import QSize, Qt, QTimer
 from qtpy.QtWidgets import (
     QComboBox,
     QScrollArea,
@@ -56,7 +56,25 @@ class NarrowPanel(QWidget):
     def showEvent(self, event: Any) -> None:  # noqa: N802 (Qt)
         if getattr(self, "scroll_area", None) is not None:
             fit_width(self)  # fonts and styles are final once shown
+        if not getattr(self, "_shown_once", False) and self._top_of_dock():
+            self._shown_once = True  # the new dock took room from the canvas: fit the data again
+            viewer = getattr(self, "viewer", None)
+            if viewer is not None:
+                QTimer.singleShot(0, viewer.reset_view)
         super().showEvent(event)
+
+    def _top_of_dock(self) -> bool:
+        """Docked by itself (not a tab of another panel)."""
+        from qtpy.QtWidgets import QDockWidget
+
+        parent = self.parentWidget()
+        while parent is not None:
+            if isinstance(parent, QDockWidget):
+                return True
+            if isinstance(parent, NarrowPanel):
+                return False
+            parent = parent.parentWidget()
+        return False
 
     def resizeEvent(self, event: Any) -> None:  # noqa: N802 (Qt)
         super().resizeEvent(event)
@@ -83,7 +101,7 @@ def scrolled_layout(owner: QWidget, min_width: int = 0) -> QVBoxLayout:
     body = QWidget()
     scroll.setWidget(body)
     owner.scroll_area = scroll
-    owner.setMinimumHeight(120)
+    owner.setMinimumHeight(60)  # docks can be squeezed (the body scrolls), so seven still fit
     if min_width:
         owner.setMinimumWidth(min_width)
     return QVBoxLayout(body)
