@@ -96,6 +96,7 @@ _METHOD_MODULES = (
     "imputation", "integration", "deconvolution", "annotation", "annotation_transformer",
     "backends.scvi_tools", "backends.tangram", "backends.celltypist", "backends.harmony",
     "backends.magic",
+    "gene_prediction", "backends.tangram_genes", "backends.gimvi",
 )
 
 
