@@ -246,3 +246,43 @@ def test_color_spots_on_a_points_layer_without_display():
     assert adata.obs_names[3] in status and "spatialdl_proportions:Neuron" in status
     with pytest.raises(ColorKeyError, match="obs columns"):
         color_spots(layer, "nope")
+
+
+# ---------------------------------------------------------------------------- plain-word titles
+
+
+def test_legend_titles_in_plain_words():
+    from napari_spatialdl.layers import describe_key
+
+    adata = _synthetic()
+    adata.layers["spatialdl_imputed"] = adata.X.copy()
+    adata.layers["spatialdl_imputed_magic"] = adata.X.copy()
+    adata.obs["spatialdl_cell_type"] = pd.Categorical(["a"] * adata.n_obs)
+    adata.obs["spatialdl_cell_type_logreg"] = adata.obs["spatialdl_cell_type"]
+    adata.obs["total_counts"] = np.arange(adata.n_obs)
+    adata.obsm["spatialdl_proportions_nnls"] = adata.obsm["spatialdl_proportions"]
+    cases = {
+        ("spatialdl_proportions:Astrocyte", None): "Astrocyte proportion",
+        ("spatialdl_proportions_nnls:Neuron", None): "Neuron proportion (nnls)",
+        ("GeneA", "spatialdl_imputed"): "GeneA, imputed",
+        ("GeneA", "spatialdl_imputed_magic"): "GeneA, imputed (magic)",
+        ("GeneA", "counts"): "GeneA, counts",
+        ("GeneA", None): "GeneA",
+        ("spatialdl_cell_type", None): "Predicted cell type",
+        ("spatialdl_cell_type_logreg", None): "Predicted cell type (logreg)",
+        ("total_counts", None): "Total counts",
+        ("X_spatialdl:0", None): "Integrated dimension 1",
+    }
+    for (key, layer), words in cases.items():
+        assert describe_key(adata, key, layer) == words, key
+    # the legend carries both: the title in words and the key for code
+    _, legend, _ = spot_colors(adata, "spatialdl_proportions:Oligo")
+    assert legend.label == "Oligo proportion" and legend.key == "spatialdl_proportions:Oligo"
+
+
+def test_one_value_everywhere_is_said_and_drawn_low():
+    rgba, legend = color_for(np.zeros(5), "numeric", cmap="magma")
+    np.testing.assert_allclose(rgba, np.tile(matplotlib.colormaps["magma"](0.0), (5, 1)), atol=1e-6)
+    assert legend.note == "Every spot has the value 0."
+    _, legend = color_for(np.array([0.0, 1.0]), "numeric")
+    assert legend.note == ""
