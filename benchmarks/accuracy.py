@@ -16,6 +16,10 @@ Protocols (see ``_protocols.py``):
   accuracy and macro-F1.
 - imputation: 10 % of the non-zero counts of the spots hidden; Pearson r of log1p
   values and median absolute error on the hidden entries.
+- gene prediction (``--tasks predict_genes``; Li et al. 2022): the genes shared by the spots
+  and the reference split into 5 folds; each fold hidden from the spots and predicted from the
+  reference by every impute method that takes a reference; per-gene Spearman and Pearson r
+  (log-normalised) against the measured values, mean and median over genes.
 
 Usage::
 
@@ -48,7 +52,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import _protocols as P  # noqa: E402
 
-TASKS = ("deconvolve", "integrate", "annotate", "impute")
+TASKS = ("deconvolve", "integrate", "annotate", "impute", "predict_genes")
 DATASETS = ("hippocampus", "synthetic")
 QUICK_EPOCHS = 30
 
@@ -314,6 +318,8 @@ def methods_for(task: str, wanted: list[str] | None, quick: bool, device: str) -
     for name, method in sorted(registered.items()):
         if name in used:
             continue
+        if "reference" in method.needs and task == "impute":
+            continue  # predicts genes from a reference: benchmarked by run_gene_prediction
         if not method.available():
             print(f"[accuracy] {task}/{name} needs {', '.join(method.requires)}: not installed, skipped",
                   file=sys.stderr)
@@ -375,6 +381,89 @@ def _score_integration(case: Case, df: pd.DataFrame, outputs: dict[str, AnnData]
     res = res[cols + extra]
     df = df.merge(res, left_on="method", right_index=True, how="left")
     return df
+
+
+# ------------------------------------------------------------- gene prediction
+
+GENE_FOLDS = 5
+
+
+def gene_prediction_methods(wanted: list[str] | None, quick: bool, device: str) -> list[Entry]:
+    """Every installed impute method that predicts genes from a reference (native first)."""
+    R = _registry()
+    entries = []
+    for m in sorted(R.REGISTRY["impute"].values(), key=lambda m: (not m.native, m.kind != "baseline", m.name)):
+        if "reference" not in m.needs:
+            continue
+        if not m.available():
+            print(f"[accuracy] impute/{m.name} needs {', '.join(m.requires)}: not installed, skipped",
+                  file=sys.stderr)
+            continue
+        entries.append(Entry(m.name, m.kind or ("native" if m.native else "baseline"),
+                             _call_registry("impute", m.name, quick, device), "registry"))
+    return [e for e in entries if not wanted or e.name in wanted]
+
+
+def run_gene_prediction(dataset: str, data: tuple[AnnData, AnnData], wanted: list[str] | None, quick: bool,
+                        device: str) -> tuple[str, dict]:
+    """The Li et al. (2022) protocol: 5 folds of the shared genes, each hidden and predicted.
+
+    Every method gets, per fold, the spots without that fold's genes and the whole reference
+    (``genes=`` the fold's genes, everything else its defaults); the predictions of the 5 folds
+    together cover every shared gene once and are scored per gene against the spots' measured,
+    log-normalised values (library: all the spots' genes).
+    """
+    reference, spatial = data
+    ref = _counts_only(reference, ["cell_type"])
+    spots = _counts_only(spatial)
+    shared = spots.var_names[spots.var_names.isin(ref.var_names)]
+    folds = P.gene_folds(shared, GENE_FOLDS, seed=0)
+    truth = P.log_normalised(spots)[shared]
+    note = (f"{spots.n_obs} spots x {spots.n_vars} genes, reference {ref.n_obs} cells x {ref.n_vars} genes; "
+            f"{len(shared)} shared genes in {GENE_FOLDS} folds of {min(map(len, folds))}-{max(map(len, folds))} "
+            "genes; each fold hidden from the spots and predicted; Spearman/Pearson r per gene "
+            "(log-normalised truth, log1p prediction), mean and median over the genes that vary")
+    rows, per_gene_all = [], {}
+    for entry in gene_prediction_methods(wanted, quick, device):
+        print(f"[accuracy] {dataset}/predict_genes: {entry.name} ...", file=sys.stderr, flush=True)
+        start, cpu0 = time.perf_counter(), time.process_time()
+        try:
+            parts = []
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                for hide in folds:
+                    out = entry.run(spots[:, ~spots.var_names.isin(hide)].copy(), reference=ref, genes=list(hide))
+                    parts.append(out.obsm["spatialdl_predicted_genes"][list(hide)])
+            seconds, cpu = time.perf_counter() - start, time.process_time() - cpu0
+            per_gene = P.score_gene_prediction(truth, pd.concat(parts, axis=1))
+            per_gene_all[entry.name] = per_gene
+            rows.append({"method": entry.name, "kind": entry.kind, **P.summarise_gene_scores(per_gene),
+                         "seconds": seconds, "cpu_s": cpu, "error": ""})
+        except Exception as exc:  # noqa: BLE001 (recorded in the table)
+            seconds, cpu = time.perf_counter() - start, time.process_time() - cpu0
+            traceback.print_exc()
+            rows.append({"method": entry.name, "kind": entry.kind, "seconds": seconds, "cpu_s": cpu,
+                         "error": f"{type(exc).__name__}: {str(exc)[:160]}"})
+        print(f"[accuracy]   {rows[-1]}", file=sys.stderr, flush=True)
+    cols = ["spearman_mean", "spearman_median", "pearson_mean", "pearson_median", "n_genes", "seconds", "cpu_s"]
+    lines = ["| method | kind | " + " | ".join(cols) + " | note |", "|" + "---|" * (len(cols) + 3)]
+    for row in rows:
+        cells = [row["method"], row["kind"]]
+        for c in cols:
+            v = row.get(c)
+            if v is None or (isinstance(v, float) and np.isnan(v)):
+                cells.append("n/a")
+            elif c == "n_genes":
+                cells.append(str(int(v)))
+            else:
+                cells.append(f"{v:.1f}" if c in ("seconds", "cpu_s") else f"{v:.3f}")
+        cells.append(row.get("error", ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    text = (f"## Gene prediction — {dataset}\n\n{note}. `seconds`: all {GENE_FOLDS} folds together.\n\n"
+            + "\n".join(lines) + "\n")
+    raw = {"note": note, "rows": rows,
+           "per_gene": {k: json.loads(v.to_json(orient="index")) for k, v in per_gene_all.items()}}
+    return text, raw
 
 
 def machine_info() -> dict[str, str]:
@@ -507,6 +596,14 @@ def main(argv: list[str] | None = None) -> int:
                                                        indent=1, default=str))
 
     for task in tasks:
+        if task == "predict_genes":
+            for ds in names:
+                text, rows = run_gene_prediction(ds, data[ds], wanted, args.quick, args.device)
+                print("\n" + text, flush=True)
+                sections.append(text)
+                raw[f"predict_genes/{ds}"] = rows
+                save(done=False)
+            continue
         entries = methods_for(task, wanted, args.quick, args.device)
         for case in [c for ds in names for c in make_cases(task, ds, data[ds], args.quick)]:
             ds = case.dataset
