@@ -21,6 +21,7 @@ from ..layers import (
     spot_colors,
     spot_values,
 )
+from ._compat import real
 from ._legend import ensure_legend, is_spots_layer
 
 
@@ -70,8 +71,7 @@ def show(
 
     data = spatial_layers(adata, library_id=library_id, image_key=image_key, color=color,
                           name=name, layer=layer, cmap=cmap, features=features)
-    if viewer is None:
-        viewer = napari.current_viewer() or napari.Viewer()
+    viewer = real(viewer) if viewer is not None else (napari.current_viewer() or napari.Viewer())
     added = []
     for layer_data, kwargs, layer_type in data:
         added.append(getattr(viewer, f"add_{layer_type}")(layer_data, **kwargs))
@@ -89,7 +89,7 @@ def show(
 def spots_layers(viewer: Any, adata: Any = None) -> list[Any]:
     """All spots layers of ``viewer`` (those made by :func:`show`/the reader), optionally of ``adata``."""
     return [
-        lyr for lyr in viewer.layers
+        lyr for lyr in real(viewer).layers
         if is_spots_layer(lyr) and (adata is None or lyr.metadata.get(META_ADATA) is adata)
     ]
 
@@ -109,6 +109,7 @@ def find_spots_layer(viewer: Any, adata: Any = None) -> Any:
     LookupError
         When the viewer has no such layer.
     """
+    viewer = real(viewer)
     candidates = spots_layers(viewer, adata)
     if not candidates:
         what = "of this AnnData " if adata is not None else ""
