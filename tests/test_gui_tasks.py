@@ -297,3 +297,68 @@ def test_scripted_run(setup, qtbot):
     assert_unchanged(adata, before)
     with pytest.raises(ValueError, match="needs batch_key="):
         run(viewer, "integrate", block=True)
+
+
+def test_a_method_registered_once_appears_in_its_panel(setup, qtbot):
+    """One registration line: the panel lists the method in plain words, builds its editors from
+    the signature, gives its obs-column parameter a drop-down of the fitting columns, and runs it
+    through the API (the labels column reaches the method as ``data.columns``)."""
+    from typing import Literal
+
+    from gui_helpers import click_run
+
+    from napari_spatialdl.models import ProgressEvent
+    from napari_spatialdl.tasks import register
+    from napari_spatialdl.tasks._registry import REGISTRY
+    from napari_spatialdl.tasks._spec import LabelsKey
+    from napari_spatialdl.tasks.integration import IntegrationOutput
+
+    seen = {}
+
+    def first_genes(data, *, n_dims: int = 3, scale: Literal["none", "unit"] = "none",
+                    labels_key: LabelsKey | None = None):
+        """The first genes as the latent space (a toy method for the test).
+
+        Parameters
+        ----------
+        data
+            The prepared inputs.
+        n_dims
+            How many genes to keep.
+        scale
+            Scale each dimension to unit variance or not.
+        labels_key
+            Known cell types of some observations.
+        """
+        yield ProgressEvent(1, 1, 1, message="toy")
+        seen["labels"] = data.columns.get("labels_key")
+        dense = data.counts[:, :n_dims]
+        dense = dense.toarray() if hasattr(dense, "toarray") else np.asarray(dense)
+        return IntegrationOutput(latent=np.asarray(dense, dtype=np.float32))
+
+    # annotations as a method module without ``from __future__ import annotations`` has them
+    first_genes.__annotations__ = {"n_dims": int, "scale": Literal["none", "unit"], "labels_key": LabelsKey | None}
+    register("integrate", "toy", label="First genes (test toy)", description="technical toy line")(first_genes)
+    try:
+        viewer, dock, spots, adata, _ = setup
+        # a fresh panel (as after a restart) finds the new method
+        from gui_helpers import add_panel
+
+        panel = add_panel(viewer, "Integrate")
+        panel.set_method("toy")
+        assert panel.method.currentText() == "First genes (test toy)"
+        assert set(panel.params.fields) == {"n_dims", "scale", "labels_key"}
+        assert panel.params.fields["n_dims"].widget.tooltip == "How many genes to keep."
+        labels = panel.params.fields["labels_key"].widget
+        offered = list(labels.choices)
+        assert None in offered and "region" in offered and "total_counts" not in offered
+        panel.set_batch_key("section")
+        panel.params.set(n_dims=2, labels_key="region")
+        click_run(qtbot, panel)
+        assert adata.obsm["X_spatialdl"].shape == (adata.n_obs, 2) or "X_spatialdl_toy" in adata.obsm
+        assert list(seen["labels"][:5]) == list(adata.obs["region"].astype(str)[:5])
+    finally:
+        REGISTRY["integrate"].pop("toy", None)
+    # the panel notices a method that is gone (a plugin uninstalled) and falls back
+    panel.refresh()
+    assert panel.method_name == "spatialdl"

@@ -168,7 +168,14 @@ class TaskWidget(PanelInputs, NarrowPanel):
 
     @property
     def method_obj(self) -> Any:
-        return None if self.method_name is None else get_method(self.task, self.method_name)
+        """The chosen method; when it is no longer registered, the list is refilled."""
+        if self.method_name is None:
+            return None
+        try:
+            return get_method(self.task, self.method_name)
+        except (ValueError, ImportError):  # gone since the list was filled (a plugin uninstalled)
+            self._fill_methods()
+            return None if self.method_name is None else get_method(self.task, self.method_name)
 
     def _fill_methods(self) -> None:
         methods = list_methods(self.task, available_only=True)
