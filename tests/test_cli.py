@@ -54,7 +54,7 @@ def test_dominant_type_uses_reference_colours(small_tissue):
     truth = spatial.obsm["true_proportions"]
     assert list(dominant) == list(truth.columns[truth.to_numpy().argmax(1)])
     ref_colors = dict(zip(reference.obs["cell_type"].cat.categories, reference.uns["cell_type_colors"]))
-    assert spatial.uns["dominant_cell_type_colors"] == [ref_colors[c] for c in truth.columns]
+    assert spatial.uns["spatialdl_dominant_cell_type_colors"] == [ref_colors[c] for c in truth.columns]
     scores = cli.truth_agreement(spatial)
     assert scores == pytest.approx({"pearson": 1.0, "rmse": 0.0, "dominant_accuracy": 1.0})
 
@@ -74,13 +74,13 @@ def test_overview_figure_draws_spots_on_the_tissue(small_tissue, tmp_path):
     assert len([a for a in fig.axes if a.get_title().endswith("proportion")]) == 3
     # the legend names every dominant type
     legend_names = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert legend_names == list(spatial.obs["dominant_cell_type"].cat.categories)
+    assert legend_names == list(spatial.obs["spatialdl_dominant_cell_type"].cat.categories)
     # at each spot centre the figure shows that spot's colour
     xy = spots_px(spatial)
     disp = ax.transData.transform(xy)
     cols = np.round(disp[:, 0]).astype(int)
     rows = np.round(buf.shape[0] - disp[:, 1]).astype(int)
-    rgba, _, _ = spot_colors(spatial, "dominant_cell_type")
+    rgba, _, _ = spot_colors(spatial, "spatialdl_dominant_cell_type")
     err = np.abs(buf[rows, cols] - rgba[:, :3]).max(axis=1)
     assert np.mean(err < 0.08) > 0.95
     path = cli.render_overview(spatial, tmp_path / "sub" / "o.png")
@@ -90,7 +90,7 @@ def test_overview_figure_draws_spots_on_the_tissue(small_tissue, tmp_path):
 
     png = iio.imread(path)[..., :3].reshape(-1, 3).astype(float) / 255
     colors = spatial.uns["dominant_cell_type_colors"]
-    for i in np.unique(spatial.obs["dominant_cell_type"].cat.codes):
+    for i in np.unique(spatial.obs["spatialdl_dominant_cell_type"].cat.codes):
         assert (np.abs(png - np.array(to_rgb(colors[i]))).max(axis=1) < 0.03).sum() > 20
 
 
