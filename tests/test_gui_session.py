@@ -124,3 +124,35 @@ def test_sample_deconvolve_annotate_second_result(make_napari_viewer, qtbot):
     assert dock.deconvolve.results.which.count() == 2
     assert_layout(viewer, dock)
     save_window(viewer, "session_4_tabbed_dock")
+
+
+def test_reopened_file_offers_its_results(make_napari_viewer, qtbot, tmp_path):
+    """A saved .h5ad opened again: each panel finds the results already there (from the run
+    records) and shows them on request; Annotate does not default to the spots as reference."""
+    from gui_helpers import add_panel, assert_layout, plugin_viewer
+    from qtpy.QtCore import Qt
+
+    import napari_spatialdl as sdl
+
+    spatial, reference = sdl.datasets.synthetic_tissue(0, n_spots=300, n_genes=80, n_cell_types=4,
+                                                       n_reference_cells=300, image_size=400)
+    sdl.deconvolve(spatial, reference, "cell_type", method="nnls")
+    sdl.annotate(spatial, reference, "cell_type", method="logreg")
+    from napari_spatialdl.io import write_h5ad
+
+    path = write_h5ad(spatial, tmp_path / "tissue.h5ad")
+
+    viewer = plugin_viewer(make_napari_viewer)
+    viewer.open(str(path), plugin="napari-spatialdl")
+    deconv = add_panel(viewer, "Deconvolve")
+    view = deconv.results
+    assert "is in the data" in view.status.text() and view.show_button.isEnabled()
+    assert not view.which.isVisible()  # one result: nothing to choose
+    qtbot.mouseClick(view.show_button, Qt.MouseButton.LeftButton)
+    spots = deconv.spots_layer
+    assert spots.metadata["spatialdl_legend"].key.startswith("spatialdl_proportions:")
+    ann = add_panel(viewer, "Annotate")
+    assert ann.results.show_button.isEnabled() and "is in the data" in ann.results.status.text()
+    assert not ann.inputs["reference"].is_self and ann.inputs["reference"].value() is None
+    assert "Choose a reference" in ann.controls.reason.text()
+    assert_layout(viewer, ann)
