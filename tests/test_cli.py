@@ -89,7 +89,7 @@ def test_overview_figure_draws_spots_on_the_tissue(small_tissue, tmp_path):
     import imageio.v3 as iio
 
     png = iio.imread(path)[..., :3].reshape(-1, 3).astype(float) / 255
-    colors = spatial.uns["dominant_cell_type_colors"]
+    colors = spatial.uns["spatialdl_dominant_cell_type_colors"]
     for i in np.unique(spatial.obs["spatialdl_dominant_cell_type"].cat.codes):
         assert (np.abs(png - np.array(to_rgb(colors[i]))).max(axis=1) < 0.03).sum() > 20
 
