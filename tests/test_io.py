@@ -13,6 +13,8 @@ import pytest
 import scipy.sparse as sp
 from scipy import ndimage as ndi
 
+from napari_spatialdl._napari._npe2 import get_reader
+from napari_spatialdl._napari._npe2 import write_h5ad as npe2_write_h5ad
 from napari_spatialdl.io import (
     SpatialDataError,
     get_image,
@@ -24,8 +26,6 @@ from napari_spatialdl.io import (
     spots_px,
     write_h5ad,
 )
-from napari_spatialdl._napari._npe2 import get_reader
-from napari_spatialdl._napari._npe2 import write_h5ad as npe2_write_h5ad
 
 SR_FILES = ("filtered_feature_bc_matrix.h5", "spatial/tissue_positions_list.csv",
             "spatial/scalefactors_json.json", "spatial/tissue_hires_image.png",
