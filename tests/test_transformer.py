@@ -434,3 +434,40 @@ def test_safetensors_checkpoint(tmp_path):
     model = GeneTransformerClassifier.from_pretrained(folder, CKPT_GENES, ["A"], max_tokens=10)
     np.testing.assert_array_equal(model.module.layers[0].key.weight.detach().numpy(),
                                   s["bert.encoder.layer.0.attention.self.key.weight"].numpy())
+
+
+def test_sparse_and_dense_counts_train_the_same_model():
+    ref, query = _checkpoint_data(60, 0), _checkpoint_data(30, 1)
+    kwargs = {"method": "transformer", "pretrain_epochs": 1, "max_epochs": 4, "max_tokens": 8, "copy": True}
+    dense = sdl.annotate(query, ref, "cell_type", **kwargs)
+    sref, squery = ref.copy(), query.copy()
+    sref.X, squery.X = sp.csr_matrix(sref.X), sp.csr_matrix(squery.X)
+    sparse = sdl.annotate(squery, sref, "cell_type", **kwargs)
+    np.testing.assert_allclose(sparse.adata.obs[CONFIDENCE_KEY].to_numpy(),
+                               dense.adata.obs[CONFIDENCE_KEY].to_numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.realdata
+def test_benchmark_panel_case_is_the_most_variable_genes_of_the_training_replicates(shared_data):
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        import _protocols as P
+        import accuracy as A
+    finally:
+        sys.path.remove(str(bench))
+    from napari_spatialdl.preprocessing import highly_variable_genes
+
+    reference, _ = P.load_hippocampus(shared_data / "hippocampus_visium")
+    case = A._panel_case(reference)
+    query, train, labels_key = case.args
+    assert query.n_vars == train.n_vars == P.PANEL_GENES and labels_key == "cell_type"
+    rows = reference.obs["rep"].astype(str).isin(P.TRAIN_REPS).to_numpy()
+    expected = reference.var_names[highly_variable_genes(reference.X[rows], P.PANEL_GENES)]
+    assert list(train.var_names) == list(expected) == list(query.var_names)
+    assert list(train.obs_names) == list(reference.obs_names[rows])
+    assert "cell_type" not in query.obs and train.n_obs + query.n_obs == reference.n_obs
+    assert case.dataset == "hippocampus 130-gene panel"

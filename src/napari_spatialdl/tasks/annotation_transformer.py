@@ -36,7 +36,7 @@ def _corpus(data: AnnotationInputs) -> Any:
     return np.vstack([np.asarray(R, dtype=np.float32), np.asarray(Q, dtype=np.float32)])
 
 
-@register("annotate", "transformer",
+@register("annotate", "transformer", native=True,
           label="Gene-token transformer (Geneformer-style)",
           description="Rank-value gene-token BERT: masked-gene pretraining on reference + query, "
                       "fine-tuned for the labels, temperature-calibrated")
