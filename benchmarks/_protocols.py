@@ -31,7 +31,8 @@ Integration
     fallback that says so).
 Annotation
     :func:`replicate_split` (train Rep1-Rep4, test Rep5-Rep6), :func:`score_labels`
-    (accuracy, macro-F1).
+    (accuracy, macro-F1); :func:`gene_panel` (the hard case: a targeted panel of the
+    reference's ``PANEL_GENES`` most variable genes, as Xenium/MERFISH measure).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ LABELS_KEY = "cell_type"
 BATCH_KEY = "replicate"
 TRAIN_REPS = ("Rep1", "Rep2", "Rep3", "Rep4")
 TEST_REPS = ("Rep5", "Rep6")
+#: genes of the small-panel annotation case (a MERFISH/Xenium-sized panel)
+PANEL_GENES = 130
 
 
 # --------------------------------------------------------------------------- data
@@ -630,3 +633,26 @@ def score_labels(true: Sequence, pred: Sequence) -> dict[str, float]:
     classes = np.unique(true)
     return {"accuracy": float(np.mean(true == pred)),
             "macro_f1": float(f1_score(true, pred, labels=classes, average="macro", zero_division=0))}
+
+
+def gene_panel(adata: AnnData, n_genes: int = PANEL_GENES, rows: np.ndarray | None = None) -> AnnData:
+    """``adata`` restricted to its ``n_genes`` most variable genes (a copy): a targeted panel.
+
+    The genes are the highly variable genes (Seurat flavour, ``napari_spatialdl.preprocessing``)
+    of the rows ``rows`` (default: all); no label is used. For the annotation benchmark they are
+    chosen on the training replicates only, so the held-out cells play no part in the panel.
+
+    Parameters
+    ----------
+    adata
+        Cells with raw counts in ``X``.
+    n_genes
+        Size of the panel.
+    rows
+        Boolean mask or indices of the cells the genes are chosen on.
+    """
+    from napari_spatialdl.preprocessing import highly_variable_genes
+
+    X = adata.X if rows is None else adata.X[rows]
+    genes = highly_variable_genes(X, n_genes)
+    return adata[:, np.asarray(genes)].copy()

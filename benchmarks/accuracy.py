@@ -13,7 +13,8 @@ Protocols (see ``_protocols.py``):
 - integration: batch = replicate (16) / synthetic batch (3), labels = cell types; scIB
   (scib-metrics when installed, otherwise the sklearn fallback, named in the output).
 - annotation: train Rep1-Rep4, test Rep5-Rep6 / synthetic: hold out the last batch;
-  accuracy and macro-F1.
+  accuracy and macro-F1. Hard case: the same hippocampus split on a 130-gene panel (the
+  reference's most variable genes, chosen on Rep1-Rep4), a MERFISH/Xenium-sized panel.
 - imputation: 10 % of the non-zero counts of the spots hidden; Pearson r of log1p
   values and median absolute error on the hidden entries.
 - gene prediction (``--tasks predict_genes``; Li et al. 2022): the genes shared by the spots
@@ -180,10 +181,23 @@ def _impute_case(dataset: str, obs: AnnData, what: str) -> Case:
 def make_cases(task: str, dataset: str, data: tuple[AnnData, AnnData], quick: bool) -> list[Case]:
     """The cases of a task on a dataset (imputation on hippocampus: the spots and the cells)."""
     cases = [make_case(task, dataset, data, quick)]
+    if task == "annotate" and dataset == "hippocampus":
+        cases.append(_panel_case(data[0]))
     if task == "impute" and dataset == "hippocampus":
         cases[0].dataset = "hippocampus Visium spots"
         cases.append(_impute_case("hippocampus scRNA-seq cells", _counts_only(data[0]), "cells"))
     return cases
+
+
+def _panel_case(reference: AnnData, n_genes: int = P.PANEL_GENES) -> Case:
+    """Annotation on a small panel: the hippocampus reference cut to its ``n_genes`` most variable
+    genes (chosen on the training replicates), train Rep1-Rep4, test Rep5-Rep6."""
+    train_rows = reference.obs["rep"].astype(str).isin(P.TRAIN_REPS).to_numpy()
+    case = make_case("annotate", "hippocampus", (P.gene_panel(reference, n_genes, train_rows), None), False)
+    case.dataset = f"hippocampus {n_genes}-gene panel"
+    case.note = (f"{n_genes}-gene panel (the most variable genes of Rep1-Rep4, no labels used) of the "
+                 f"{reference.n_vars}-gene reference; " + case.note)
+    return case
 
 
 # ------------------------------------------------------------ local baselines
