@@ -83,10 +83,14 @@ def test_training_store_keeps_sparse_sparse():
     from napari_spatialdl.models._train import DeviceCSR, TensorStore
 
     X = sp.random(400, 300, density=0.05, format="csr", random_state=0, dtype=np.float32)
+    X[5] = 0.0  # an empty row
+    X.eliminate_zeros()
+    index = torch.tensor([7, 0, 399, 7, 123, 5])
     store = TensorStore({"x": X}, torch.device("cpu"))
-    assert store.resident and isinstance(store._data["x"], DeviceCSR)
-    index = torch.tensor([7, 0, 399, 7, 123])
+    assert store.resident and sp.issparse(store._data["x"])  # CPU: scipy CSR, never dense
     np.testing.assert_array_equal(store.batch(index)["x"].numpy(), X[index.numpy()].toarray())
+    gathered = DeviceCSR(X, torch.device("cpu")).rows(index)  # the GPU path, run on the CPU
+    np.testing.assert_array_equal(gathered.numpy(), X[index.numpy()].toarray())
 
 
 # ----------------------------------------------------------------- compact imputation
