@@ -625,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
             title = f"{TITLES[task]} — {ds}"
             table = to_markdown(df, task)
             text = f"## {title}\n\n{case.note}\n\n{table}\n"
-            if ds.startswith("hippocampus"):
+            if ds.startswith("hippocampus") and "panel" not in ds:  # the issue quotes the full genes
                 text += f"\nFigures quoted in the issue: {ISSUE_FIGURES[task]}.\n"
             if task == "integrate" and len(df.columns) > 10:
                 text += "\n<details><summary>all metrics</summary>\n\n" + to_markdown(df, task, full=True) + "\n\n</details>\n"

@@ -781,8 +781,9 @@ class GeneTransformerClassifier(SavableModel):
             each of the last ``average_fraction`` of the fine-tuning epochs (all epochs run);
             0: early stopping on the held-out cells instead, keeping the best epoch's weights.
         calibration_fraction
-            Stratified fraction of the labelled cells held out for early stopping and the
-            temperature (at least one per class with 3 or more cells; 0: none, no calibration).
+            Stratified fraction of the labelled cells held out of fine-tuning for the
+            temperature (and for early stopping when ``average_fraction`` is 0); classes with
+            fewer than 3 cells keep them all; 0: none held out, no calibration.
 
         Yields
         ------

@@ -85,8 +85,9 @@ def annotate_transformer(data: AnnotationInputs, *, max_tokens: int = 32, d_mode
         Fine-tuning thins each cell to a random fraction of its depth between this and 1
         (robustness to shallower data; 1 disables it).
     calibration_fraction
-        Fraction of the labelled reference cells held out (per cell type) for early stopping
-        and the temperature; 0 trains on all of them and leaves the confidence uncalibrated.
+        Fraction of the labelled reference cells held out of fine-tuning (per cell type) to fit
+        the temperature that calibrates the confidence; 0 trains on all of them and leaves the
+        confidence uncalibrated.
     pretrained
         Folder of a Geneformer-format checkpoint (Hugging Face BERT: ``config.json`` and
         ``model.safetensors`` or ``pytorch_model.bin``) to start from; nothing is downloaded.
