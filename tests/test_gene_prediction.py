@@ -294,3 +294,47 @@ def test_reference_tools_write_the_same_table(tissue, method, module, params):
     if method == "tangram":  # gimVI after 5 epochs has learnt little
         assert _spearman(pred, truth, hidden) > 0.1
     assert predicted_gene_names(panel) == hidden
+
+
+# ----------------------------------------------------------------------------- benchmark protocol
+
+def _protocols():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import _protocols
+
+    return _protocols
+
+
+def test_gene_folds_partition_the_genes():
+    P = _protocols()
+    genes = [f"g{i}" for i in range(23)]
+    folds = P.gene_folds(genes, 5, seed=1)
+    assert len(folds) == 5 and sorted(map(len, folds)) == [4, 4, 5, 5, 5]
+    assert sorted(g for f in folds for g in f) == sorted(genes)
+    assert [list(f) for f in folds] == [list(f) for f in P.gene_folds(genes, 5, seed=1)]
+    with pytest.raises(ValueError, match="n_folds"):
+        P.gene_folds(genes[:3], 5)
+
+
+def test_gene_scores_are_per_gene_correlations():
+    P = _protocols()
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(5.0, size=(40, 4)).astype(np.float32)
+    adata = AnnData(counts, obs=pd.DataFrame(index=[f"s{i}" for i in range(40)]),
+                    var=pd.DataFrame(index=["a", "b", "c", "d"]))
+    truth = P.log_normalised(adata)[["a", "b", "c"]]
+    truth["c"] = 1.0  # a gene that does not vary: not scored
+    perfect = np.expm1(truth)  # log1p(prediction) == truth
+    scores = P.score_gene_prediction(truth, perfect.iloc[::-1])  # aligned by name
+    np.testing.assert_allclose(scores.loc[["a", "b"]].to_numpy(), 1.0)
+    assert scores.loc["c"].isna().all()
+    const = perfect.copy()
+    const["a"] = 3.0
+    assert P.score_gene_prediction(truth, const).loc["a", "pearson"] == 0.0
+    summary = P.summarise_gene_scores(P.score_gene_prediction(truth, const))
+    assert summary["n_genes"] == 2 and summary["spearman_mean"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="lacks 1 genes"):
+        P.score_gene_prediction(truth, perfect[["a", "b"]])
