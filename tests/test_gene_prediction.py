@@ -242,6 +242,31 @@ def test_knn_compact_form_is_sparse_and_exact(tissue, tmp_path):
                                panel.obsm[PREDICTED_GENES_KEY][hidden].to_numpy(), rtol=1e-5)
 
 
+def test_predicted_gene_is_a_colour_key(tissue):
+    """A predicted gene colours the spots like a measured one: from the table, or reconstructed
+    from the compact form for that gene only; the legend says it was predicted."""
+    from napari_spatialdl.layers import describe_key, spot_values
+    from napari_spatialdl.tasks._derived import suggested_predicted_gene
+
+    panel, reference, hidden, truth = _fresh(tissue)
+    impute(panel, reference=reference, method="knn_reference", genes=hidden)
+    impute(panel, reference=reference, method="knn_reference", genes=hidden, dense=False, key_added="k")
+    gene = hidden[2]
+    from_table, kind = spot_values(panel, f"{PREDICTED_GENES_KEY}:{gene}")
+    from_compact, kind_compact = spot_values(panel, f"k_predicted_factors:{gene}")
+    assert kind == kind_compact == "numeric"
+    np.testing.assert_allclose(from_compact, from_table, rtol=1e-5)
+    assert describe_key(panel, f"{PREDICTED_GENES_KEY}:{gene}") == f"{gene}, predicted from the reference"
+    # the factors' columns stay readable by index; a gene the prediction lacks is not invented
+    assert spot_values(panel, "k_predicted_factors:0")[0].shape == (panel.n_obs,)
+    with pytest.raises(KeyError):
+        spot_values(panel, f"{PREDICTED_GENES_KEY}:{panel.var_names[0]}")
+    # the gene the view opens on: one of the predicted, the same from both forms
+    chosen = suggested_predicted_gene(panel, "k_predicted_factors", chunk=5)
+    assert chosen in hidden
+    assert suggested_predicted_gene(panel, PREDICTED_GENES_KEY) == chosen
+
+
 def test_cancel_leaves_the_data_unchanged(tissue):
     panel, reference, hidden, _ = _fresh(tissue)
     snap = snapshot(panel)

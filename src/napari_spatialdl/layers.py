@@ -35,6 +35,7 @@ from ._constants import (
     DOMINANT_KEY,
     IMPUTED_LAYER,
     LATENT_KEY,
+    PREDICTED_GENES_KEY,
     PROPORTIONS_KEY,
     REGION_KEY,
 )
@@ -57,6 +58,8 @@ META_LEGEND = "spatialdl_legend"
 META_COLOR = "spatialdl_color"
 META_PINNED = "spatialdl_pinned_features"
 BARCODE = "barcode"
+#: ``adata.uns`` entry of a saved file: how its spots were coloured when it was saved
+DISPLAY_KEY = "spatialdl_display"
 
 
 class ColorKeyError(KeyError):
@@ -193,10 +196,41 @@ def _gene_values(adata: Any, gene: str, layer: str | None) -> np.ndarray:
     return column
 
 
+def _prediction_factors_key(adata: Any, obsm_key: str) -> str | None:
+    """The obsm key of the factors of a compact gene prediction named by ``obsm_key`` (its
+    factors' key, or the table key it stands in for), else None."""
+    for name in (obsm_key, f"{obsm_key}_factors"):
+        if name not in adata.obsm:
+            continue
+        for entry in adata.uns.values():
+            if isinstance(entry, Mapping) and "loadings" in entry and str(entry.get("factors_key", "")) == name:
+                return name
+    return None
+
+
+def _compact_prediction(adata: Any, obsm_key: str, column: str) -> np.ndarray | None:
+    """A gene reconstructed from a compact gene prediction (factors x loadings), when
+    ``obsm_key:column`` names one: ``'spatialdl_predicted_genes:Gad1'`` reads the table when the
+    run wrote one, else the compact form; no observations x genes matrix is built."""
+    if obsm_key in adata.obsm and isinstance(adata.obsm[obsm_key], pd.DataFrame):
+        return None  # a table: read as any DataFrame column
+    factors = _prediction_factors_key(adata, obsm_key)
+    if factors is None:
+        return None
+    from .tasks.gene_prediction import predicted_gene_names, reconstruct
+
+    if column not in predicted_gene_names(adata, factors):
+        return None
+    return reconstruct(adata, column, key=factors)[column].to_numpy(dtype=float)
+
+
 def _obsm_values(adata: Any, key: str) -> tuple[pd.Categorical | np.ndarray, Kind] | None:
     if ":" not in key:
         return None
     obsm_key, _, column = key.partition(":")
+    predicted = _compact_prediction(adata, obsm_key, column)
+    if predicted is not None:
+        return predicted, "numeric"
     # the obsm key itself may contain ':'; try the longest prefix that exists
     if obsm_key not in adata.obsm:
         candidates = [k for k in adata.obsm.keys() if key.startswith(f"{k}:")]
@@ -347,6 +381,9 @@ def describe_key(adata: Any, key: str, layer: str | None = None) -> str:
     if known is not None and column:
         words, method = known
         return f"{column} {words}" + (f" ({method})" if method else "")
+    known = _known(obsm_key.removesuffix("_factors"), {PREDICTED_GENES_KEY: "predicted from the reference"})
+    if known is not None and column:
+        return f"{column}, {known[0]}" + (f" ({known[1]})" if known[1] else "")
     known = _known(obsm_key, {LATENT_KEY: "integrated"})
     if known is not None and column.isdigit():
         return f"Integrated dimension {int(column) + 1}" + (f" ({known[1]})" if known[1] else "")
@@ -559,6 +596,7 @@ def spatial_layers(
     layer: str | None = None,
     cmap: str = "viridis",
     features: Sequence[str] = (),
+    contrast_limits: tuple[float, float] | None = None,
 ) -> list[LayerDataTuple]:
     """napari layer data for a spatial AnnData: the tissue image (if any) and the spots.
 
@@ -582,6 +620,8 @@ def spatial_layers(
         Colormap for numeric colours.
     features
         More keys (see :func:`spot_values`) to put in the layer's ``features`` (shown on hover).
+    contrast_limits
+        For a numeric ``color``: the values at the ends of the colormap (default min, max).
 
     Returns
     -------
@@ -613,10 +653,12 @@ def spatial_layers(
         META_PINNED: pinned,
     }
     if color is not None:
-        rgba, legend, values = spot_colors(adata, color, layer=layer, cmap=cmap)
+        rgba, legend, values = spot_colors(adata, color, layer=layer, cmap=cmap,
+                                           contrast_limits=contrast_limits)
         table[str(color)] = feature_column(values)
         metadata[META_LEGEND] = legend
-        metadata[META_COLOR] = {"key": str(color), "layer": layer, "cmap": cmap, "contrast_limits": None}
+        metadata[META_COLOR] = {"key": str(color), "layer": layer, "cmap": cmap,
+                                "contrast_limits": contrast_limits}
         face = rgba
     else:
         face = np.tile(_to_rgba(["#ff7f0e"]), (adata.n_obs, 1))  # plain orange spots
@@ -634,3 +676,77 @@ def spatial_layers(
     }
     out.append((np.asarray(xy[:, ::-1], dtype=np.float64), points_kwargs, "points"))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the colouring shown, kept in a saved file
+# ---------------------------------------------------------------------------------------------
+
+
+def display_record(state: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The h5ad-safe record of a colouring (a spots layer's ``metadata['spatialdl_color']``).
+
+    Parameters
+    ----------
+    state
+        ``{'key', 'layer', 'cmap', 'contrast_limits'}`` as :func:`spatial_layers` and
+        ``color_spots`` keep it; ``None`` or no key: the spots are plain.
+
+    Returns
+    -------
+    dict or None
+        ``{'key': str, 'cmap': str}`` plus ``'layer'`` (for a gene read from ``adata.layers``) and
+        ``'contrast_limits'`` (two floats) when set: only strings and numbers, as
+        ``adata.uns['spatialdl_display']`` holds them in an ``.h5ad``. None for plain spots.
+    """
+    if not isinstance(state, Mapping) or not state.get("key"):
+        return None
+    record: dict[str, Any] = {"key": str(state["key"]), "cmap": str(state.get("cmap") or "viridis")}
+    if state.get("layer"):
+        record["layer"] = str(state["layer"])
+    limits = state.get("contrast_limits")
+    if limits is not None:
+        limits = np.asarray(limits, dtype=np.float64).ravel()
+        if limits.shape == (2,) and np.isfinite(limits).all() and limits[0] <= limits[1]:
+            record["contrast_limits"] = limits
+    return record
+
+
+def saved_display(adata: Any) -> dict[str, Any] | None:
+    """How to colour the spots as they were when the file was saved, if that still applies.
+
+    Reads ``adata.uns['spatialdl_display']`` (written by napari-spatialdl's ``.h5ad`` writer, see
+    :func:`display_record`).
+
+    Returns
+    -------
+    dict or None
+        Keyword arguments of :func:`spatial_layers` (``color``, ``layer``, ``cmap``,
+        ``contrast_limits``), or None when there is no record, it is damaged, or its key no longer
+        names anything in ``adata`` (the spots are then shown plain).
+    """
+    import matplotlib
+
+    record = adata.uns.get(DISPLAY_KEY) if hasattr(adata, "uns") else None
+    if not isinstance(record, Mapping):
+        return None
+    key = record.get("key")
+    if not isinstance(key, str | np.str_) or not str(key):
+        return None
+    layer = record.get("layer")
+    layer = str(layer) if isinstance(layer, str | np.str_) and str(layer) else None
+    cmap = record.get("cmap")
+    cmap = str(cmap) if isinstance(cmap, str | np.str_) and str(cmap) in matplotlib.colormaps else "viridis"
+    limits = None
+    if record.get("contrast_limits") is not None:
+        try:
+            values = np.asarray(record["contrast_limits"], dtype=np.float64).ravel()
+        except (TypeError, ValueError):
+            values = np.zeros(0)
+        if values.shape == (2,) and np.isfinite(values).all() and values[0] <= values[1]:
+            limits = (float(values[0]), float(values[1]))
+    try:
+        spot_values(adata, str(key), layer=layer)
+    except (KeyError, ValueError, TypeError):
+        return None
+    return {"color": str(key), "layer": layer, "cmap": cmap, "contrast_limits": limits}

@@ -1,4 +1,5 @@
-"""The Impute panel and its result view: a gene on the tissue, raw or imputed, on one colour scale."""
+"""The Impute panel and its result view: a gene on the tissue, raw or imputed, on one colour scale;
+or, for genes predicted from a reference, a predicted gene like a measured one."""
 
 from __future__ import annotations
 
@@ -6,10 +7,14 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QComboBox
 
 from .._constants import IMPUTED_LAYER
-from ..tasks._derived import suggested_gene
+from ..tasks import list_methods
+from ..tasks._derived import suggested_gene, suggested_predicted_gene
+from ..tasks.gene_prediction import predicted_gene_names
+from ._inputs import set_items
 from ._overlay import ResultView, color_by, warm_imports
 from ._panel import TaskWidget
 
@@ -43,11 +48,20 @@ class ImputeView(ResultView):
     def imputed_layer(self) -> str:
         return self.keys.get("imputed", IMPUTED_LAYER)
 
+    @property
+    def prediction_key(self) -> str | None:
+        """The key of the shown gene prediction (its table, else its factors), None for denoising."""
+        keys = self.keys if self.record is not None else {}
+        return keys.get("predicted") or keys.get("prediction_factors")
+
     def worker_postprocess(self) -> Any:
         def suggest(result: Any) -> None:  # in the worker: scores every gene once
             warm_imports()
-            key = (result.keys or {}).get("layers", IMPUTED_LAYER)
-            result.info["display_gene"] = suggested_gene(result.adata, layer=key)
+            keys = result.keys or {}  # slot -> key of what the run wrote
+            if "layers" in keys:
+                result.info["display_gene"] = suggested_gene(result.adata, layer=keys["layers"])
+            elif "obsm" in keys and not any(k.startswith("uns_decoder") for k in keys):  # genes predicted from a reference (a table or the compact form)
+                result.info["display_gene"] = suggested_predicted_gene(result.adata, keys["obsm"])
 
         return suggest
 
@@ -64,15 +78,29 @@ class ImputeView(ResultView):
         return str(layer) if layer and layer in adata.layers else None
 
     def _fill(self, adata: Any) -> None:
-        genes = [str(g) for g in adata.var_names]
+        key = self.prediction_key
+        genes = predicted_gene_names(adata, key) if key else [str(g) for g in adata.var_names]
         keep, suggested, self._suggested = self.gene.currentText(), self._suggested, None
         self.gene.blockSignals(True)
         self.gene.clear()
         self.gene.addItems(genes)
         if keep not in genes:
-            keep = suggested if suggested in genes else suggested_gene(adata, layer=self.imputed_layer)
+            if suggested in genes:
+                keep = suggested
+            else:
+                keep = suggested_predicted_gene(adata, key) if key else suggested_gene(adata, layer=self.imputed_layer)
         self.gene.setCurrentIndex(genes.index(keep))
         self.gene.blockSignals(False)
+        self.values.blockSignals(True)
+        choice = self.values.currentText()
+        self.values.clear()
+        self.values.addItems(["predicted", "measured"] if key else ["imputed", "raw"])
+        self.values.setToolTip("The values predicted from the reference, or the measured ones (for genes the "
+                               "data measures)." if key else
+                               "Raw counts or the imputed expression, on the same colour scale.")
+        if self.values.findText(choice) >= 0:
+            self.values.setCurrentText(choice)
+        self.values.blockSignals(False)
 
     def limits(self, adata: Any, gene: str) -> tuple[float, float]:
         """Shared contrast limits of raw and imputed values: 0 to the larger 99th percentile."""
@@ -89,6 +117,9 @@ class ImputeView(ResultView):
         if self._updating or adata is None or self.record is None:
             return
         gene = self.gene.currentText()
+        if self.prediction_key:
+            self._redraw_prediction(adata, gene)
+            return
         if gene not in adata.var_names:
             self.status.setText(f"No gene is called '{gene}' in this data: pick one from the list.")
             return
@@ -100,15 +131,81 @@ class ImputeView(ResultView):
         self.status.setText(f"{gene}, {'imputed' if imputed else 'raw'} (from {where}); the colour scale "
                             f"runs from {lims[0]:.3g} to {lims[1]:.3g} for both, so they compare directly.")
 
+    def _redraw_prediction(self, adata: Any, gene: str) -> None:
+        key = str(self.prediction_key)
+        genes = predicted_gene_names(adata, key)
+        if gene not in genes:
+            self.status.setText(f"'{gene}' was not predicted ({len(genes)} genes were): pick one from the list, "
+                                "or run again with it in 'genes'.")
+            return
+        measured = gene in adata.var_names
+        if self.values.currentText() == "measured":
+            if not measured:
+                self.status.setText(f"{gene} is not measured in this data (that is why it was predicted): "
+                                    "choose 'predicted'.")
+                return
+            color_by(self.viewer, self.layer, gene, layer_key=self.raw_layer(adata), cmap="magma")
+            self.status.setText(f"{gene}, measured (counts in this data).")
+            return
+        color_by(self.viewer, self.layer, f"{key}:{gene}", cmap="magma")
+        self.status.setText(f"{gene}, predicted from the reference (expression per 10^4 transcripts); "
+                            + ("this data also measures it: choose 'measured' to compare."
+                               if measured else "not measured in this data."))
+
+
+#: the Impute panel's two modes: which methods each offers (by whether they need a reference)
+MODES = (("Denoise the measured genes", False), ("Predict unmeasured genes from a reference", True))
+
 
 class ImputeWidget(TaskWidget):
-    """Impute: denoise the counts and fill in dropouts (``layers['spatialdl_imputed']``)."""
+    """Impute: denoise the counts and fill in dropouts (``layers['spatialdl_imputed']``), or predict
+    the genes the data did not measure from a reference (``obsm['spatialdl_predicted_genes']``)."""
 
     task = "impute"
     title = "Impute"
     blurb = ("Denoise the counts and fill in dropouts: a model predicts the expected expression of "
-             "every gene in every spot. Then colour the tissue by a gene, raw or imputed.")
+             "every gene in every spot. Or predict the genes your panel did not measure from an "
+             "annotated single-cell reference. Then colour the tissue by a gene.")
     view_class = ImputeView
 
+    def _build(self) -> None:
+        super()._build()
+        self.mode = QComboBox()
+        for text, from_reference in MODES:
+            self.mode.addItem(text, from_reference)
+        self.mode.setToolTip("Denoise: a model of this data's own counts (no reference). From a reference: genes "
+                             "missing from this data (a Xenium or MERFISH panel, say) predicted from a "
+                             "single-cell reference with all genes, through the genes both measure.")
+        self.form.insertRow(0, "mode", self.mode)  # first: it decides which rows follow
+        self.mode.currentIndexChanged.connect(lambda *_: (self._fill_methods(), self.refresh()))
 
-__all__ = ["ImputeView", "ImputeWidget"]
+    @property
+    def from_reference(self) -> bool:
+        """Whether the panel is in 'from a reference' mode."""
+        return bool(self.mode.currentData())
+
+    def set_mode(self, from_reference: bool) -> None:
+        """Switch between denoising and prediction from a reference (what the mode drop-down does)."""
+        self.mode.setCurrentIndex(1 if from_reference else 0)
+
+    def set_method(self, name: str) -> None:
+        """Choose the method by its registry name (switching the mode to the method's)."""
+        found = next((m for m in list_methods(self.task) if m.name == name), None)
+        if found is not None and ("reference" in found.needs) != self.from_reference:
+            self.set_mode("reference" in found.needs)
+        super().set_method(name)
+
+    def _fill_methods(self) -> None:
+        if not hasattr(self, "mode"):
+            return super()._fill_methods()
+        methods = [m for m in list_methods(self.task, available_only=True)
+                   if ("reference" in m.needs) == self.from_reference]
+        set_items(self.method, [(m.title, m.name) for m in methods])
+        for i, m in enumerate(methods):
+            self.method.setItemData(i, m.description, Qt.ItemDataRole.ToolTipRole)
+        native = next((i for i, m in enumerate(methods) if m.native), -1)
+        if native >= 0:
+            self.method.setCurrentIndex(native)
+
+
+__all__ = ["MODES", "ImputeView", "ImputeWidget"]

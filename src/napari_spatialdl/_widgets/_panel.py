@@ -259,11 +259,15 @@ class TaskWidget(PanelInputs, NarrowPanel):
             return
         old = {}
         if self.params is not None:
+            same_method = self._panel_key is not None and self._panel_key[0] == method.name
             for pname, field in self.params.fields.items():
                 try:
-                    old[pname] = field.value()
+                    value = field.value()
                 except ValueError:  # an entry being typed: not carried over
-                    pass
+                    continue
+                # to another method, only what the user changed: its own defaults otherwise
+                if same_method or value != getattr(self.params.params.get(pname), "default", value):
+                    old[pname] = value
             self.params_layout.removeWidget(self.params.native)
             self.params.native.setParent(None)
             self.params.native.deleteLater()

@@ -23,7 +23,8 @@ from anndata import AnnData
 from .._constants import CLUSTERS_KEY, DOMINANT_KEY, IMPUTED_LAYER, LATENT_KEY, PROPORTIONS_KEY
 from ._validate import InputError
 
-__all__ = ["cluster_latent", "derived_key", "dominant_cell_type", "reference_colors", "suggested_gene"]
+__all__ = ["cluster_latent", "derived_key", "dominant_cell_type", "reference_colors", "suggested_gene",
+           "suggested_predicted_gene"]
 
 
 def derived_key(derived: str, default: str, result_key: str | None) -> str:
@@ -208,17 +209,75 @@ def suggested_gene(adata: AnnData, *, layer: str = IMPUTED_LAYER, n_neighbors: i
     means = logged.mean(axis=0)
     expressed = np.flatnonzero(means >= np.median(means))
     logged = logged[:, expressed]
+    score = _structure_scores(logged, _neighbours(adata, rows, n_neighbors))
+    return str(adata.var_names[expressed[int(np.argmax(score))]])
+
+
+def _neighbours(adata: AnnData, rows: np.ndarray, n_neighbors: int) -> np.ndarray | None:
+    """Each of ``rows``' nearest neighbours among ``rows`` (positions in ``rows``), or None
+    without coordinates."""
     xy = adata.obsm.get("spatial")
     if xy is None or len(rows) <= n_neighbors + 1:
-        score = logged.var(axis=0)
-    else:
-        from scipy.spatial import cKDTree
+        return None
+    from scipy.spatial import cKDTree
 
-        xy = np.asarray(xy, dtype=float)[rows, :2]
-        _, nn = cKDTree(xy).query(xy, k=n_neighbors + 1)
-        z = logged - logged.mean(axis=0)
-        sd = z.std(axis=0)
-        z = z / np.where(sd > 0, sd, 1.0)
-        lagged = z[nn[:, 1:]].mean(axis=1)
-        score = np.where(sd > 0, (z * lagged).mean(axis=0), -np.inf)
-    return str(adata.var_names[expressed[int(np.argmax(score))]])
+    xy = np.asarray(xy, dtype=float)[rows, :2]
+    _, nn = cKDTree(xy).query(xy, k=n_neighbors + 1)
+    return nn[:, 1:]
+
+
+def _structure_scores(logged: np.ndarray, nn: np.ndarray | None) -> np.ndarray:
+    """Moran's I of each column over the neighbours ``nn`` (the variance without them)."""
+    if nn is None:
+        return logged.var(axis=0)
+    z = logged - logged.mean(axis=0)
+    sd = z.std(axis=0)
+    z = z / np.where(sd > 0, sd, 1.0)
+    lagged = z[nn].mean(axis=1)
+    return np.where(sd > 0, (z * lagged).mean(axis=0), -np.inf)
+
+
+def suggested_predicted_gene(adata: AnnData, key: str | None = None, *, n_neighbors: int = 6,
+                             max_obs: int = 20000, chunk: int = 1000, seed: int = 0) -> str:
+    """The predicted gene a tissue view shows best, from a gene prediction (table or compact form).
+
+    The score of :func:`suggested_gene` (Moran's I of ``log1p`` of the values, among the genes
+    whose mean is at least the median) on the predicted values; the compact form is
+    reconstructed ``chunk`` genes at a time on at most ``max_obs`` observations, so no
+    observations x genes matrix is built.
+
+    Parameters
+    ----------
+    adata
+        The AnnData the prediction was written to.
+    key
+        Any key of the prediction (see :func:`napari_spatialdl.tasks.gene_prediction.reconstruct`);
+        None: the result under the default keys, or the only one.
+    n_neighbors, max_obs, seed
+        As in :func:`suggested_gene`.
+    chunk
+        Genes reconstructed at a time.
+
+    Returns
+    -------
+    str
+        One of the predicted genes.
+    """
+    from .gene_prediction import predicted_gene_names, reconstruct
+
+    genes = predicted_gene_names(adata, key)
+    rows = np.arange(adata.n_obs)
+    if adata.n_obs > max_obs:
+        rows = np.sort(np.random.default_rng(seed).choice(adata.n_obs, max_obs, replace=False))
+    subset = adata[rows] if len(rows) < adata.n_obs else adata
+    nn = _neighbours(adata, rows, n_neighbors)
+    means, scores = [], []
+    for start in range(0, len(genes), chunk):
+        part = genes[start:start + chunk]
+        values = reconstruct(subset, part, key=key).to_numpy(dtype=np.float32)
+        logged = np.log1p(np.clip(values, 0, None))
+        means.append(logged.mean(axis=0))
+        scores.append(_structure_scores(logged, nn))
+    mean, score = np.concatenate(means), np.concatenate(scores)
+    score = np.where(mean >= np.median(mean), score, -np.inf)
+    return str(genes[int(np.argmax(score))])
