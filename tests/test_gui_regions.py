@@ -258,3 +258,94 @@ def test_regions_train_annotation_of_the_rest(viewer, qtbot, small_tissue):
 
     qtbot.wait(100)
     imwrite("/tmp/sdl_regions_annotated.png", viewer.screenshot(canvas_only=False, flash=False))
+
+
+def test_regions_and_colouring_survive_saving(make_napari_viewer, qtbot, small_tissue, tmp_path):
+    """Draw 2 regions, assign, save through the napari writer, close everything, reopen: the regions
+    layer (shapes, names, colours) and the spots' colouring come back, with one legend."""
+    from gui_helpers import add_panel, assert_layout, legend_docks, plugin_viewer, save_window
+    from matplotlib.colors import to_rgba
+    from napari.layers import Points, Shapes
+
+    from napari_spatialdl._widgets._regions_geometry import to_world
+    from napari_spatialdl._widgets._viewer import show
+    from napari_spatialdl.io import read_h5ad
+
+    viewer = plugin_viewer(make_napari_viewer)
+    spatial, _ = small_tissue
+    show(spatial, viewer, legend=False)
+    spots = viewer.layers[-1]
+    widget = add_panel(viewer, "Annotate regions")
+    layer = widget.new_regions_layer()
+    yx = world_spots(spots)
+    lo, hi = yx.min(axis=0) - 2.3, yx.max(axis=0) + 1.9
+    mid = (lo + hi) / 2 + 3.1
+    widget.name.setText("upper left")
+    layer.add_polygons([np.array([[lo[0], lo[1]], [lo[0], mid[1]], [mid[0], mid[1] - 15], [mid[0], lo[1]]])])
+    widget.name.setText("lower right")
+    layer.add_rectangles([np.array([[mid[0] + 5, mid[1] + 5], [hi[0], hi[1]]])])
+    assert list(layer.features["region"]) == ["upper left", "lower right"]
+    drawn_world = [to_world(layer, v) for v in layer.data]
+    widget.assign("drawn_region")
+    categories = list(spatial.obs["drawn_region"].cat.categories)
+    region_colour = dict(zip(categories, spatial.uns["drawn_region_colors"]))
+    # the shapes now wear their region's colour, as their spots do
+    np.testing.assert_allclose(layer.edge_color, [to_rgba(region_colour[n]) for n in ("upper left", "lower right")],
+                               atol=1e-6)
+    assert spots.metadata["spatialdl_color"]["key"] == "drawn_region"
+    colours_before = np.asarray(spots.face_color).copy()
+    assert len(np.unique(colours_before.round(3), axis=0)) == 3  # two regions + grey outside
+    uns_before = set(spatial.uns)
+
+    path = tmp_path / "with_regions.h5ad"
+    viewer.layers.selection = {spots}
+    viewer.layers.save(str(path), selected=True, plugin="napari-spatialdl")
+    assert path.is_file()
+    assert set(spatial.uns) == uns_before  # the record of the colouring went to the file only
+
+    viewer.layers.clear()
+    qtbot.wait(50)
+    viewer.open(str(path), plugin="napari-spatialdl")
+    qtbot.wait(100)
+    reopened = [lyr for lyr in viewer.layers if isinstance(lyr, Points)]
+    regions = [lyr for lyr in viewer.layers if isinstance(lyr, Shapes)]
+    assert len(reopened) == 1 and len(regions) == 1
+    spots2, shapes2 = reopened[0], regions[0]
+    assert spots2.metadata["adata"] is not spatial
+    assert list(shapes2.shape_type) == ["polygon", "rectangle"]
+    assert list(shapes2.features["region"]) == ["upper left", "lower right"]
+    for got, drawn in zip(shapes2.data, drawn_world):
+        np.testing.assert_allclose(to_world(shapes2, got), drawn, atol=1e-6)  # where they were drawn
+    np.testing.assert_allclose(shapes2.edge_color, layer.edge_color, atol=1e-6)
+    assert (shapes2.face_color[:, 3] < 0.5).all()  # semi-transparent fills
+    # the spots are coloured by the region column again, not plain
+    assert spots2.metadata["spatialdl_color"]["key"] == "drawn_region"
+    np.testing.assert_allclose(np.asarray(spots2.face_color), colours_before, atol=1e-6)
+    assert len(legend_docks(viewer)) <= 1
+    from napari_spatialdl._widgets._legend import find_legends
+
+    legends = find_legends(viewer)
+    assert len(legends) == 1 and legends[0].layer is spots2  # the legend follows the reopened spots
+    # the Regions widget takes the restored layer as its regions layer, with its column
+    assert widget.spots_layer is spots2 and widget.shapes_layer is shapes2
+    assert widget.key.text() == "drawn_region"
+    assert widget.table.rowCount() == 2 and widget.table.item(1, 1).text() == "lower right"
+    assert_layout(viewer, widget)
+    viewer.layers.selection.active = spots2
+    viewer.reset_view()
+    qtbot.wait(100)
+    shot = save_window(viewer, "regions_reopened")
+    assert shot.is_file()
+    adata2 = spots2.metadata["adata"]
+    col = widget.assign()  # assigning again from the restored layer gives the same labels
+    np.testing.assert_array_equal(col.astype(object).fillna("-").to_numpy(),
+                                  spatial.obs["drawn_region"].astype(object).fillna("-").to_numpy())
+    assert adata2.obs["drawn_region"] is not None
+
+    # sdl.show of the read file restores them too
+    viewer.layers.clear()
+    show(read_h5ad(path), viewer)
+    assert [type(lyr).__name__ for lyr in viewer.layers] == ["Image", "Points", "Shapes"]
+    np.testing.assert_allclose(np.asarray(viewer.layers[1].face_color), colours_before, atol=1e-6)
+    assert len(viewer.layers[2].data) == 2
+    assert len(legend_docks(viewer)) <= 1 and len(find_legends(viewer)) == 1

@@ -4,6 +4,10 @@ They live on the napari side: the readers and writers of :mod:`napari_spatialdl.
 of layers; these adapters turn what they read into layer-data tuples
 (:func:`napari_spatialdl.layers.spatial_layers`).
 
+The ``.h5ad`` round trip keeps what was on screen: the writer records how the spots were coloured
+(``uns['spatialdl_display']``, in the file only), and the reader colours them so again and draws the
+regions saved with them (``uns['spatialdl_regions']``) as a Shapes layer over the spots.
+
 The reader claims a path only when it can read it: a Space Ranger output folder (or its parent
 holding ``outs``), an ``.h5ad`` file, or a counts CSV with a coordinates CSV beside it
 (``coords.csv``, ``coordinates.csv``, ``spatial.csv``, ``positions.csv``). For anything else it
@@ -65,6 +69,16 @@ def _spatial_layers(adata: Any) -> list[LayerData]:
     return spatial_layers(adata)
 
 
+def _saved_layers(adata: Any) -> list[LayerData]:
+    """The layers of a saved AnnData as it was shown: coloured as recorded, with its regions."""
+    from ..layers import saved_display, spatial_layers
+    from ..regions import regions_layer_data
+
+    layers = spatial_layers(adata, **(saved_display(adata) or {}))
+    points = next(kwargs for _, kwargs, kind in layers if kind == "points")
+    return layers + regions_layer_data(adata, points)
+
+
 def _visium_reader(path: Path) -> Callable[[Any], list[LayerData]]:
     def reader(_: Any) -> list[LayerData]:
         from ..io import read_visium
@@ -85,7 +99,7 @@ def _h5ad_reader(path: Path) -> Callable[[Any], list[LayerData]]:
                 "on a tissue. Load it in Python (napari_spatialdl.read_h5ad) to use it as a reference, "
                 "or add adata.obsm['spatial'] (x, y per spot) and save it again."
             )
-        return _spatial_layers(adata)
+        return _saved_layers(adata)
 
     return reader
 
@@ -133,17 +147,22 @@ def get_reader(path: str | Path | Sequence[str | Path]) -> Callable[[Any], list[
 
 
 def _find_adata(layer_data: Sequence[LayerData]) -> Any:
+    return _find_spots(layer_data)[0]
+
+
+def _find_spots(layer_data: Sequence[LayerData]) -> tuple[Any, dict]:
+    """The one AnnData behind the layers to save, and the attributes of the layer carrying it."""
     from anndata import AnnData
 
-    found: list[tuple[AnnData, str]] = []
+    found: list[tuple[AnnData, str, dict]] = []
     for item in layer_data:
         if not isinstance(item, tuple | list) or len(item) < 2:
             continue
         attributes = item[1] if isinstance(item[1], dict) else {}
         layer_type = item[2] if len(item) > 2 else "?"
         adata = (attributes.get("metadata") or {}).get("adata")
-        if isinstance(adata, AnnData) and all(adata is not a for a, _ in found):
-            found.append((adata, attributes.get("name") or layer_type))
+        if isinstance(adata, AnnData) and all(adata is not a for a, _, _ in found):
+            found.append((adata, attributes.get("name") or layer_type, attributes))
     if not found:
         names = ", ".join(str((item[1] or {}).get("name", "?")) for item in layer_data if len(item) > 1) or "none"
         raise SpatialDataError(
@@ -154,9 +173,9 @@ def _find_adata(layer_data: Sequence[LayerData]) -> Any:
     if len(found) > 1:
         raise SpatialDataError(
             f"The layers to save carry {len(found)} different AnnData objects "
-            f"({', '.join(name for _, name in found)}); one .h5ad holds one. Select one spots layer."
+            f"({', '.join(name for _, name, _ in found)}); one .h5ad holds one. Select one spots layer."
         )
-    return found[0][0]
+    return found[0][0], found[0][2]
 
 
 def write_h5ad(path: str, layer_data: Any, attributes: dict | None = None) -> list[str]:
@@ -180,10 +199,34 @@ def write_h5ad(path: str, layer_data: Any, attributes: dict | None = None) -> li
     -------
     list of str
         The written path.
+
+    Notes
+    -----
+    How the spots are coloured (``metadata['spatialdl_color']`` of the layer) goes into the file as
+    ``uns['spatialdl_display']`` (:func:`napari_spatialdl.layers.display_record`), so that opening it
+    colours them the same way. It is put in ``adata.uns`` only while the file is written and taken
+    out again afterwards (also when writing fails): the AnnData in memory stays exactly as it was,
+    and a stale record can never reach a file written later by other means.
     """
     from ..io import write_h5ad as _write
+    from ..layers import DISPLAY_KEY, META_COLOR, display_record
 
     if attributes is not None:
         layer_data = [(layer_data, attributes, "points")]
-    adata = _find_adata(layer_data)
-    return [str(_write(adata, path))]
+    adata, attrs = _find_spots(layer_data)
+    if adata.is_view:  # a view would turn into a copy of its own when its uns is set
+        adata = adata.copy()
+    record = display_record((attrs.get("metadata") or {}).get(META_COLOR))
+    missing = object()
+    before = adata.uns.get(DISPLAY_KEY, missing)
+    if record is not None:
+        adata.uns[DISPLAY_KEY] = record
+    elif before is not missing:
+        del adata.uns[DISPLAY_KEY]  # plain spots now: an older record must not recolour them
+    try:
+        return [str(_write(adata, path))]
+    finally:
+        if before is missing:
+            adata.uns.pop(DISPLAY_KEY, None)
+        else:
+            adata.uns[DISPLAY_KEY] = before

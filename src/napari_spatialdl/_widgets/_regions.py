@@ -30,7 +30,13 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..regions import region_counts, write_regions
+from ..regions import (
+    META_REGIONS,
+    META_REGIONS_KEY,
+    REGION_FACE_ALPHA,
+    region_counts,
+    write_regions,
+)
 from ._compat import real
 from ._inputs import (
     NarrowPanel,
@@ -44,15 +50,13 @@ from ._regions_geometry import (
     REGION_FEATURE,
     regions_of_spots,
     shape_names,
+    shapes_in_spots_space,
     spots_world_yx,
     to_world,
 )
 
 if TYPE_CHECKING:
     import napari
-
-#: metadata flag marking a Shapes layer made by this widget
-META_REGIONS = "spatialdl_regions"
 
 
 class RegionsWidget(NarrowPanel):
@@ -201,6 +205,9 @@ class RegionsWidget(NarrowPanel):
                     pass
         self._shapes_connected = layer
         if layer is not None:
+            saved_key = layer.metadata.get(META_REGIONS_KEY)
+            if saved_key:  # a regions layer restored from a file: assign to its column again
+                self.key.setText(str(saved_key))
             if REGION_FEATURE not in layer.features.columns:
                 features = layer.features.copy()
                 features[REGION_FEATURE] = pd.Series([""] * len(layer.data), dtype=object)
@@ -302,7 +309,10 @@ class RegionsWidget(NarrowPanel):
             self.key.setText(key)
         adata = points.metadata["adata"]
         regions = regions_of_spots(points, shapes)
-        column = write_regions(adata, key, regions)
+        names = shape_names(shapes)
+        column = write_regions(adata, key, regions, shapes=shapes_in_spots_space(points, shapes),
+                               names=names, shape_types=list(shapes.shape_type))
+        self._color_shapes(shapes, adata, key)
         counts = region_counts(regions)
         parts = [f"{name}: {n}" for name, n in counts.items() if name != "unlabelled"]
         self.summary.setText(
@@ -314,6 +324,23 @@ class RegionsWidget(NarrowPanel):
         color_by(self.viewer, points, key)
         self.assigned.emit(key)
         return column
+
+    @staticmethod
+    def _color_shapes(shapes: Any, adata: Any, key: str) -> None:
+        """Outline (and lightly fill) every shape in its region's colour, as its spots are shown."""
+        from matplotlib.colors import to_rgba_array
+
+        from ..regions import saved_regions
+
+        saved = saved_regions(adata, key)
+        if saved is None or len(saved) != len(shapes.data):
+            return
+        edge = np.asarray(to_rgba_array(saved.colors), dtype=np.float32)
+        face = edge.copy()
+        face[:, 3] = REGION_FACE_ALPHA
+        shapes.edge_color = edge
+        shapes.face_color = face
+        shapes.metadata[META_REGIONS_KEY] = key
 
 
 __all__ = ["RegionsWidget", "regions_of_spots", "spots_world_yx", "to_world"]

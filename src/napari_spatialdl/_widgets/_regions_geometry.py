@@ -7,10 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..regions import assign_regions
-
-#: the Shapes layer feature holding each region's name
-REGION_FEATURE = "region"
+from ..regions import REGION_FEATURE, assign_regions
 
 
 def to_world(layer: Any, coords: np.ndarray) -> np.ndarray:
@@ -26,6 +23,36 @@ def to_world(layer: Any, coords: np.ndarray) -> np.ndarray:
     origin = np.asarray(layer.data_to_world(np.zeros(ndim)), dtype=float)
     columns = [np.asarray(layer.data_to_world(np.eye(ndim)[i]), dtype=float) - origin for i in range(ndim)]
     return coords @ np.stack(columns) + origin
+
+
+def to_data(layer: Any, world: np.ndarray) -> np.ndarray:
+    """World coordinates to data coordinates of ``layer`` (the inverse of :func:`to_world`).
+
+    ``world`` may hold fewer columns than the layer has dimensions: they are the last ones (the
+    leading world coordinates are taken as 0).
+    """
+    world = np.asarray(world, dtype=float)
+    ndim = int(layer.ndim)
+    if world.shape[-1] < ndim:
+        world = np.concatenate([np.zeros((len(world), ndim - world.shape[-1])), world], axis=1)
+    origin = to_world(layer, np.zeros((1, ndim)))[0]
+    matrix = to_world(layer, np.eye(ndim)) - origin  # row i: the world image of unit vector i
+    return np.linalg.solve(matrix.T, (world - origin).T).T
+
+
+def shapes_in_spots_space(points_layer: Any, shapes_layer: Any) -> list[np.ndarray]:
+    """The vertices of every shape as ``(y, x)`` in the units of the spots' ``obsm['spatial']``.
+
+    Each shape is taken to world coordinates, then into the spots layer's pixels, then divided by
+    the spots layer's ``metadata['scalefactor']`` (image pixels per full-resolution pixel): the
+    space :func:`napari_spatialdl.regions.write_regions` saves shapes in, whatever image shows them.
+    """
+    scalef = float(points_layer.metadata.get("scalefactor", 1.0) or 1.0)
+    out = []
+    for vertices in shapes_layer.data:
+        world = to_world(shapes_layer, vertices)[:, -2:]
+        out.append(to_data(points_layer, world)[:, -2:] / scalef)
+    return out
 
 
 def spots_world_yx(points_layer: Any) -> np.ndarray:
@@ -55,4 +82,5 @@ def regions_of_spots(points_layer: Any, shapes_layer: Any) -> pd.Categorical:
     return assign_regions(spots_world_yx(points_layer), vertices, names, list(shapes_layer.shape_type))
 
 
-__all__ = ["REGION_FEATURE", "regions_of_spots", "shape_names", "spots_world_yx", "to_world"]
+__all__ = ["REGION_FEATURE", "regions_of_spots", "shape_names", "shapes_in_spots_space", "spots_world_yx",
+           "to_data", "to_world"]

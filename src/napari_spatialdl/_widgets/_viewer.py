@@ -48,7 +48,9 @@ def show(
         The viewer to add to; ``None``: the current napari viewer if there is one (e.g. from
         napari's console), else a new one.
     color
-        Colour the spots by a gene, an ``obs`` column or ``"obsm_key:column"``.
+        Colour the spots by a gene, an ``obs`` column or ``"obsm_key:column"``. ``None``: as they
+        were coloured when the file was saved (``uns['spatialdl_display']``, with its ``layer``,
+        ``cmap`` and limits), if that still applies, else plain.
     library_id, image_key
         Which library and image (``"hires"``, ``"lowres"``, ``"auto"``).
     name
@@ -60,28 +62,36 @@ def show(
     features
         More keys to show on hover (e.g. ``["spatialdl_proportions:Astrocyte"]``).
     legend
-        Dock a legend / colour bar when ``color`` is given.
+        Dock a legend / colour bar when the spots are coloured.
 
     Returns
     -------
     napari.Viewer
-        From a script, call ``napari.run()`` afterwards to interact with the window.
+        From a script, call ``napari.run()`` afterwards to interact with the window. Regions saved
+        with the AnnData (``uns['spatialdl_regions']``) are drawn as a Shapes layer over the spots.
     """
     import napari
 
-    data = spatial_layers(adata, library_id=library_id, image_key=image_key, color=color,
-                          name=name, layer=layer, cmap=cmap, features=features)
+    from ..layers import saved_display
+    from ..regions import regions_layer_data
+
+    colouring: dict[str, Any] = {"color": color, "layer": layer, "cmap": cmap}
+    if color is None:
+        colouring = saved_display(adata) or colouring
+    data = spatial_layers(adata, library_id=library_id, image_key=image_key, name=name,
+                          features=features, **colouring)
+    data += regions_layer_data(adata, data[-1][1])
     viewer = real(viewer) if viewer is not None else (napari.current_viewer() or napari.Viewer())
     added = []
     for layer_data, kwargs, layer_type in data:
         added.append(getattr(viewer, f"add_{layer_type}")(layer_data, **kwargs))
-    spots = added[-1]
+    spots = next(lyr for lyr, (_, _, kind) in zip(added, data) if kind == "points")
     info = spots.metadata.get(META_LEGEND)
     if info is not None and info.kind == "numeric":
         _native_colorbar(spots, info)
     viewer.layers.selection.active = spots
     viewer.reset_view()
-    if legend and color is not None and hasattr(viewer, "window"):
+    if legend and colouring["color"] is not None and hasattr(viewer, "window"):
         ensure_legend(viewer, spots)
     return viewer
 
