@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 import yaml
@@ -93,6 +94,12 @@ def test_bad_parameters_are_refused_with_a_reason():
         synthetic_tissue(0, n_spots=0)
     with pytest.raises(ValueError, match="batch_effect"):
         synthetic_tissue(0, batch_effect=-1.0)
+    with pytest.raises(ValueError, match="n_spot_batches"):
+        synthetic_tissue(0, n_spot_batches=0)
+    with pytest.raises(ValueError, match=r"n_spot_batches=20 is too many for 300 spots: use at most 15"):
+        synthetic_tissue(0, n_spot_batches=20, **SMALL)
+    with pytest.raises(ValueError, match="spot_batch_effect"):
+        synthetic_tissue(0, n_spot_batches=2, spot_batch_effect=float("nan"), **SMALL)
 
 
 # --- counts -----------------------------------------------------------------------------------
@@ -160,6 +167,76 @@ def test_batch_effects_in_reference(tissue):
     # and the batches differ in depth
     depth = obs.groupby("batch", observed=True)["total_counts"].median()
     assert depth.max() / depth.min() > 1.5
+
+
+@pytest.fixture(scope="module")
+def two_sections():
+    return synthetic_tissue(0, n_spot_batches=2)
+
+
+def test_sections_leave_everything_but_the_spot_counts_as_without(tissue, two_sections):
+    one, ref_one = tissue
+    two, ref_two = two_sections
+    assert "section" not in one.obs and "true_section_effect" not in one.varm and "section_colors" not in one.uns
+    assert one.uns["synthetic"]["n_spot_batches"] == 1 and two.uns["synthetic"]["n_spot_batches"] == 2
+    assert list(two.obs.columns) == ["in_tissue", "array_row", "array_col", "section", "region", "n_cells",
+                                     "true_dominant_cell_type", "total_counts"]
+    assert list(two.obs_names) == list(one.obs_names)
+    for key in ("array_row", "array_col", "region", "n_cells", "true_dominant_cell_type"):
+        assert two.obs[key].equals(one.obs[key]), key
+    for key in ("spatial", "true_proportions", "true_abundance"):
+        np.testing.assert_array_equal(np.asarray(two.obsm[key]), np.asarray(one.obsm[key]))
+    np.testing.assert_array_equal(_library(two)[0], _library(one)[0])
+    assert (ref_two.X != ref_one.X).nnz == 0 and ref_two.obs.equals(ref_one.obs)
+    assert (two.X != one.X).nnz > 0  # the counts carry the sections' effects
+    X = _dense(two.X)
+    assert np.all(np.mod(X, 1) == 0) and (X.sum(axis=1) > 0).all()
+    np.testing.assert_array_equal(_dense(two.layers["counts"]), X)
+    assert 0.8 < np.median(X.sum(axis=1)) / np.median(_dense(one.X).sum(axis=1)) < 1.25  # same overall depth
+
+
+def test_sections_are_side_by_side_halves_with_every_region(two_sections):
+    spatial, _ = two_sections
+    section = spatial.obs["section"]
+    assert list(section.cat.categories) == ["section1", "section2"]
+    counts = section.value_counts()
+    assert abs(counts["section1"] - counts["section2"]) < 0.1 * spatial.n_obs
+    # a straight cut between array columns: every spot of section1 lies left of every spot of section2
+    cols = spatial.obs["array_col"]
+    assert cols[section == "section1"].max() < cols[section == "section2"].min()
+    per_region = pd.crosstab(spatial.obs["region"], section)
+    assert (per_region >= 10).all().all()  # both sections hold every region: integration can align them
+    assert len(spatial.uns["section_colors"]) == 2
+    from napari_spatialdl.tasks._validate import offered_columns
+
+    assert offered_columns(spatial, "batch") == ["section"]
+
+
+def test_sections_have_gene_specific_effects_and_their_own_depth(two_sections):
+    spatial, _ = two_sections
+    X = _dense(spatial.X)
+    section = spatial.obs["section"].to_numpy()
+    truth = spatial.varm["true_section_effect"]
+    assert list(truth.columns) == ["section1", "section2"] and list(truth.index) == list(spatial.var_names)
+    assert np.std(np.log(truth.to_numpy())) > 0.3
+    # the same region on both sides: expression differs by the sections' gene effects
+    frac = X / X.sum(axis=1, keepdims=True)
+    in_striatum = (spatial.obs["region"] == "Striatum").to_numpy()
+    a, b = in_striatum & (section == "section1"), in_striatum & (section == "section2")
+    expressed = X[in_striatum].mean(axis=0) > 2
+    ratio = np.log(frac[b].mean(axis=0)[expressed] / frac[a].mean(axis=0)[expressed])
+    true_ratio = np.log(truth["section2"].to_numpy() / truth["section1"].to_numpy())[expressed]
+    assert np.corrcoef(ratio, true_ratio)[0, 1] > 0.8
+    rng = np.random.default_rng(0)
+    idx = rng.permutation(np.flatnonzero(a))
+    h1, h2 = idx[: len(idx) // 2], idx[len(idx) // 2:]
+    within = np.log(frac[h1].mean(axis=0)[expressed] / frac[h2].mean(axis=0)[expressed])
+    assert np.std(ratio) > 2 * np.std(within)
+    # and a depth of their own, as recorded
+    depth = spatial.obs.groupby("section", observed=True)["total_counts"].median()
+    recorded = spatial.uns["synthetic"]["section_depth"]
+    assert depth.max() / depth.min() > 1.5
+    assert (depth["section2"] > depth["section1"]) == (recorded[1] > recorded[0])
 
 
 def test_platform_effect_between_spots_and_reference(tissue):
@@ -338,6 +415,13 @@ def test_synthetic_sample_layers():
     assert (image[rows, cols].astype(int).min(axis=1) < 235).all()
     face = np.asarray(kwargs["face_color"])
     assert len({tuple(np.round(c, 3)) for c in face}) == len(REGIONS)
+    # every task runs on it: the spots have two sections to integrate, the reference its batches
+    from napari_spatialdl.tasks._validate import check_obs_column, offered_columns
+
+    assert offered_columns(spatial, "batch") == ["section"]
+    assert set(check_obs_column(spatial, "section", argument="batch_key", kind="batch")) == {"section1", "section2"}
+    assert offered_columns(reference, "labels") == ["cell_type"]
+    assert "true_section_effect" in spatial.varm and spatial.uns["synthetic"]["n_spot_batches"] == 2
 
 
 def _fail_like_squidpy_offline(**_kwargs):

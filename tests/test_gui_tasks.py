@@ -97,7 +97,7 @@ def test_inputs_offered_by_role_and_reasons(make_napari_viewer, tissue):
     from napari_spatialdl._widgets._viewer import show
     from napari_spatialdl.models import available_devices
     from napari_spatialdl.tasks import get_method, method_params
-    from napari_spatialdl.tasks._validate import column_problem
+    from napari_spatialdl.tasks._validate import column_problem, offered_columns
 
     viewer = plugin_viewer(make_napari_viewer)
     dock = add_panel(viewer, "Spatial DL")
@@ -128,11 +128,13 @@ def test_inputs_offered_by_role_and_reasons(make_napari_viewer, tissue):
     imp.refresh()
     assert "has no raw counts" in imp.controls.reason.text() and "'counts'" not in imp.controls.reason.text()
     spatial.layers["counts"] = counts
-    # integrate: batch columns offered by their kind and cardinality, none preselected by a vague name
+    # integrate: batch columns offered by their kind and cardinality, none preselected by a vague name;
+    # the regions and cell types fit the rules but are biology: not offered while a batch column exists
     integ = dock.integrate
     offered = combo_items(integ.inputs["batch_key"])
-    assert offered == [c for c in spatial.obs.columns if column_problem(spatial, c, "batch") is None]
-    assert "half" in offered and "region" in offered
+    assert offered == offered_columns(spatial, "batch") == ["half"]
+    assert all(column_problem(spatial, c, "batch") is None for c in offered)
+    assert column_problem(spatial, "region", "batch") is None and "region" not in offered
     for bad in ("total_counts", "barcode_copy", "in_tissue"):  # a measurement, an ID, one value
         assert bad not in offered, bad
     assert integ.inputs["batch_key"].currentText() == ""

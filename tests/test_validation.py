@@ -29,10 +29,12 @@ from napari_spatialdl.tasks._validate import (
     check_spatial,
     coerce_param,
     coerce_params,
+    column_name_role,
     column_problem,
     columns_for,
     get_counts,
     get_matrix,
+    offered_columns,
     shared_genes,
 )
 
@@ -291,6 +293,152 @@ def test_check_obs_key_stays_compatible_and_applies_the_rules_by_argument(refere
         check_obs_key(one, "tissue", "labels_key")
     # a query may hold a single batch (map_query)
     assert set(check_obs_key(one, "tissue", "batch_key", min_values=1)) == {"brain"}
+
+
+# ------------------------------------------------- 2b. which columns the drop-downs offer, by kind
+
+
+@pytest.fixture(scope="module")
+def visium_obs(shared_data: Path) -> ad.AnnData:
+    """A real Space Ranger 1.0.0 output read as a user reads it: in_tissue, array_row, array_col."""
+    return read_visium(shared_data / "visium_spaceranger_1.0.0")
+
+
+def test_grid_coordinates_are_not_batches_on_a_real_space_ranger_read(visium_obs):
+    a = visium_obs.copy()
+    assert {"in_tissue", "array_row", "array_col"} <= set(a.obs.columns)
+    assert a.obs["array_row"].dtype.kind == "i"
+    a.obs["section"] = pd.Categorical(np.where(np.arange(a.n_obs) < a.n_obs // 2, "A", "B"))
+    a.obs["row_band"] = (a.obs["array_row"] // 20).astype(np.int64)  # 4 integer values, named like nothing
+    before = a.copy()
+    for key in ("array_row", "array_col"):
+        assert column_problem(a, key, "batch") is not None, key
+        assert key not in columns_for(a, "batch")
+    with pytest.raises(InputError, match=(r"adata\.obs\['array_row'\] cannot be used as batch_key: it has 52 "
+                                          r"distinct values for 100 observations")):
+        check_obs_column(a, "array_row", argument="batch_key", kind="batch")
+    assert offered_columns(a, "batch") == ["section", "row_band"]
+    # as labels: neither the grid, nor a section, nor integer codes are cell types
+    assert offered_columns(a, "labels") == []
+    assert_equal(a, before)
+
+
+def test_columns_named_like_coordinates_or_qc_are_refused_as_batches_with_the_way_to_insist(visium_obs):
+    a = visium_obs.copy()
+    a.obs["array_row"] = (a.obs["array_row"] // 30).astype(np.int64)  # now few values: only the name says
+    rng = np.random.default_rng(0)
+    a.obs["n_cells"] = rng.integers(1, 12, a.n_obs)  # cells per spot: 11 values
+    a.obs["n_genes_by_counts"] = np.asarray((a.X > 0).sum(axis=1)).ravel().astype(np.int64)
+    for key, what in (("array_row", "a position on the slide"), ("n_cells", "a quality-control measurement"),
+                      ("n_genes_by_counts", "")):
+        problem = column_problem(a, key, "batch")
+        assert problem is not None and what in problem, (key, problem)
+    with pytest.raises(InputError, match=(r"adata\.obs\['n_cells'\] cannot be used as batch_key: it is named like a "
+                                          r"quality-control measurement.*not batch codes.*make the column "
+                                          r"categorical first: adata\.obs\['n_cells'\] = adata\.obs\['n_cells'\]"
+                                          r"\.astype\(str\)\.astype\('category'\)")):
+        check_obs_column(a, "n_cells", argument="batch_key", kind="batch")
+    a.obs["array_row"] = a.obs["array_row"].astype(str).astype("category")  # the fix: insisting works
+    assert column_problem(a, "array_row", "batch") is None
+    # the labels rules are unchanged: integer codes are still accepted through the API
+    assert column_problem(a, "n_cells", "labels") is None
+
+
+def test_integer_columns_with_many_values_are_not_batches():
+    a = small(400, genes=5)
+    a.obs["grid"] = np.arange(400) % 60  # 60 values, 6.7 % of the observations
+    a.obs["lane"] = np.arange(400) % 45  # 45 values: 11 % of the observations
+    a.obs["plate_code"] = np.arange(400) % 8  # 8 values: few codes are always codes
+    a.obs["well"] = np.arange(400) % 12  # 12 values, 3 %
+    assert "60 distinct numbers (0 to 59) for 400 observations: too many for batch codes" in column_problem(
+        a, "grid", "batch")
+    assert "45 distinct numbers" in column_problem(a, "lane", "batch")
+    assert column_problem(a, "plate_code", "batch") is None and column_problem(a, "well", "batch") is None
+    assert column_problem(a, "grid", "labels") is None  # labels: up to 100 numeric codes, as before
+    b = small(100, genes=5)
+    b.obs["tile"] = np.arange(100) % 11  # 11 values for 100 observations: over 10 %
+    assert "11 distinct numbers" in column_problem(b, "tile", "batch")
+    b.obs["tile"] = b.obs["tile"].astype(str).astype("category")
+    assert column_problem(b, "tile", "batch") is None
+
+
+def test_real_reference_offers_its_replicates_as_batch_and_its_cell_types_as_labels(reference, hippo):
+    numi = pd.read_csv(hippo / "reference/nUMI.csv", index_col=0).iloc[:, 0]
+    reference.obs["nUMI"] = numi.reindex(reference.obs_names).to_numpy().astype(np.int64)
+    reference.obs["n_cells"] = 1
+    before = reference.copy()
+    assert "nUMI" not in columns_for(reference, "batch")
+    # cell_type fits the batch rules, but while a real batch column exists it is not offered
+    assert column_problem(reference, "cell_type", "batch") is None
+    assert offered_columns(reference, "batch") == ["replicate"]
+    assert offered_columns(reference, "labels") == ["cell_type"]  # not replicate, nor the numbers
+    assert columns_for(reference, "labels") == ["cell_type", "replicate"]  # what the rules alone accept
+    without = reference.copy()
+    del without.obs["replicate"]  # nothing but biology left: offered, never preselected by name
+    assert offered_columns(without, "batch") == ["cell_type"]
+    assert_equal(reference, before)
+
+
+def test_real_spots_with_coordinates_in_obs_offer_no_batch(spatial, hippo):
+    a = spatial.copy()
+    xy = pd.read_csv(hippo / "spatial/coords.csv", index_col=0)
+    a.obs["x"] = xy.loc[a.obs_names, "x"].to_numpy()
+    a.obs["y"] = xy.loc[a.obs_names, "y"].to_numpy()
+    a.obs["total_counts"] = np.asarray(a.X.sum(axis=1)).ravel()
+    assert a.obs["x"].dtype.kind == "i"
+    assert offered_columns(a, "batch") == [] and offered_columns(a, "labels") == []
+    assert "a position on the slide" in column_problem(a, "x", "batch")
+
+
+def test_synthetic_spots_offer_their_sections_as_batch_and_regions_as_labels():
+    from napari_spatialdl.datasets import synthetic_tissue
+
+    one, reference = synthetic_tissue(0, n_spots=300, n_genes=150, n_reference_cells=400, image_size=300)
+    two, _ = synthetic_tissue(0, n_spots=300, n_genes=150, n_reference_cells=400, image_size=300,
+                              n_spot_batches=2)
+    assert offered_columns(two, "batch") == ["section"]
+    assert offered_columns(two, "labels") == ["region", "true_dominant_cell_type"]
+    for key in ("in_tissue", "array_row", "array_col", "n_cells", "total_counts"):
+        assert column_problem(two, key, "batch") is not None, key
+    # one section: no batch column; only the biology is left (offered, not preselected)
+    assert offered_columns(one, "batch") == ["region", "true_dominant_cell_type"]
+    assert offered_columns(reference, "batch") == ["batch"]
+    assert offered_columns(reference, "labels") == ["cell_type"]
+    # napari-spatialdl's own results are never offered as batches
+    two.obs["spatialdl_clusters"] = pd.Categorical(np.arange(two.n_obs) % 5)
+    assert "spatialdl_clusters" not in offered_columns(two, "batch")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        offered_columns(two, "cells")
+
+
+def test_column_names_say_what_columns_hold():
+    roles = {
+        "coordinate": ["array_row", "array_col", "in_tissue", "x", "y", "pxl_row_in_fullres", "imagecol",
+                       "x_centroid", "center_y"],
+        "measurement": ["total_counts", "n_genes_by_counts", "n_cells", "pct_counts_mt", "nCount_RNA",
+                        "nFeature_Spatial", "nUMI", "log1p_total_counts", "transcript_counts", "cell_area"],
+        "batch": ["batch", "sample", "section", "library_id", "donor", "slide", "replicate", "sample_id",
+                  "orig.ident", "Batch", "seq_batch", "capture_area"],
+        "labels": ["cell_type", "celltype", "cluster", "leiden", "louvain", "region", "annotation",
+                   "true_dominant_cell_type", "seurat_clusters", "cell_subclass"],
+        None: ["half", "kind", "condition", "tissue", "plate_code_x1"],
+    }
+    for role, names in roles.items():
+        for name in names:
+            assert column_name_role(name) == role, (name, column_name_role(name), role)
+
+
+def test_preferred_column_picks_the_only_labels_column_and_conventional_batch_names():
+    pytest.importorskip("qtpy")
+    from napari_spatialdl._widgets._inputs import preferred_column
+
+    assert preferred_column(["kind"], "labels") == "kind"  # the only one, whatever its name
+    assert preferred_column(["region", "cell_type"], "labels") == "cell_type"
+    assert preferred_column(["region", "subclass"], "labels") is None
+    assert preferred_column(["half"], "batch") is None  # a name that says nothing: the user chooses
+    assert preferred_column(["section"], "batch") == "section"
+    assert preferred_column(["replicate", "x"], "batch") == "replicate"
+    assert preferred_column(["section", "sample"], "batch", previous="sample") == "sample"
 
 
 # ----------------------------------------------------------------------------- 3. coordinates

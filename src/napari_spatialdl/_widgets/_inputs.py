@@ -3,7 +3,8 @@
 - the data: a spots layer (a Points layer with an AnnData in ``metadata['adata']``);
 - a reference: :class:`._reference.ReferencePicker`;
 - a batch or labels column of one of them: only the columns that
-  ``tasks._validate.column_problem`` accepts for that kind are offered;
+  ``tasks._validate.column_problem`` accepts for that kind, narrowed to the plausible ones
+  (``tasks._validate.offered_columns``), are offered;
 - a layer of one of them (``None``: ``X``), with a check that it holds raw counts.
 
 No task is named here: the panel reads the roles from ``tasks.get_spec(task)``.
@@ -31,7 +32,8 @@ NO_SPOTS = ("Open spots first: File > Open Sample > Spatial DL > Synthetic tissu
 X_TEXT = "X (main matrix)"
 #: column names preselected when several columns fit (a convention, never the only criterion)
 LABELS_NAMES = ("cell_type", "celltype", "cell_types", "cell type", "labels", "annotation")
-BATCH_NAMES = ("batch", "sample", "section", "library_id", "donor", "slide")
+BATCH_NAMES = ("batch", "sample", "section", "library_id", "donor", "slide", "sample_id", "batch_id",
+               "replicate", "capture_area")
 
 
 def spots_layers(viewer: Any) -> list[Any]:
@@ -146,19 +148,24 @@ def column_problem(adata: AnnData, key: str, kind: str, min_values: int = 2) -> 
 
 
 def fitting_columns(adata: AnnData | None, kind: str, min_values: int = 2) -> list[str]:
-    """The obs columns of ``adata`` that fit ``kind`` ('batch' or 'labels'), in their order.
+    """The obs columns of ``adata`` a ``kind`` ('batch' or 'labels') drop-down offers, in their order.
 
-    napari-spatialdl's own results (``spatialdl_*``) are not offered as batches.
+    Those that ``column_problem`` accepts and whose kind fits (``tasks._validate.offered_columns``):
+    no grid coordinates, QC measurements or napari-spatialdl results as batches, and no cell-type,
+    cluster or region column either while another column fits; no numeric, batch or section
+    columns as labels.
     """
     if adata is None:
         return []
-    return [str(c) for c in adata.obs.columns
-            if not (kind == "batch" and str(c).startswith("spatialdl_"))
-            and column_problem(adata, str(c), kind, min_values) is None]
+    from ..tasks._validate import offered_columns
+
+    return offered_columns(adata, kind, min_values=min_values)
 
 
 def preferred_column(columns: list[str], kind: str, previous: str | None = None) -> str | None:
-    """The column to preselect: the one used last time, the only labels column, a conventional name."""
+    """The column to preselect among the offered ``columns``: the one used last time, else the only
+    labels column, else one with a conventional name (``cell_type``..., ``batch``, ``sample``,
+    ``section``...); ``None`` for a batch column with a name that says nothing."""
     if previous in columns:
         return previous
     if kind == "labels" and len(columns) == 1:

@@ -17,6 +17,8 @@ LayerDataTuple = tuple[Any, dict, str]
 
 #: key of the reference AnnData in the spots layer's metadata
 REFERENCE_KEY = "reference"
+#: sections of the sample's spots (``obs['section']``): a batch structure for the Integrate panel
+SAMPLE_SECTIONS = 2
 
 
 def _points_tuple(layers: list[LayerDataTuple]) -> LayerDataTuple:
@@ -31,7 +33,11 @@ def synthetic_tissue_sample(seed: int = 0) -> list[LayerDataTuple]:
 
     The spots layer's ``metadata['adata']`` is the spatial AnnData (with the ground truth in
     ``obsm['true_proportions']``), ``metadata['reference']`` the annotated single-cell reference
-    (``obs['cell_type']``, ``obs['batch']``).
+    (``obs['cell_type']``, ``obs['batch']``). Every task panel runs on it without code:
+    Deconvolve, Annotate and Impute with that reference, Integrate with the spots' two sections
+    (``obs['section']``: the left and right halves of the tissue sequenced as separate libraries,
+    with their own depth and gene-specific effects, the truth in ``varm['true_section_effect']``;
+    ``synthetic_tissue(seed, n_spot_batches=2)``).
 
     Parameters
     ----------
@@ -45,7 +51,7 @@ def synthetic_tissue_sample(seed: int = 0) -> list[LayerDataTuple]:
     """
     from ..layers import spatial_layers
 
-    spatial, reference = synthetic_tissue(seed)
+    spatial, reference = synthetic_tissue(seed, n_spot_batches=SAMPLE_SECTIONS)
     layers = spatial_layers(spatial, color="region", name="Synthetic tissue")
     _points_tuple(layers)[1].setdefault("metadata", {})[REFERENCE_KEY] = reference
     return layers

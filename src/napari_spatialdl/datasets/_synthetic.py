@@ -17,6 +17,10 @@ The generative model (all of it seeded, nothing downloaded):
 5. **Counts.** Negative binomial (gamma-Poisson) with gene-specific dispersion; log-normal
    library sizes; a gene-specific platform effect between the spots and the reference; in the
    reference, gene-specific batch effects and batch-specific depth.
+6. **Sections** (``n_spot_batches`` > 1, off by default). The spots are split into side-by-side
+   strips of the lattice (left and right halves for two), each sequenced as its own library: a
+   gene-specific effect and a depth of its own per section (``obs['section']``), so that the
+   spots alone have a batch structure to integrate, with the truth kept beside it.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ _HOUSEKEEPING = ("Malat1", "Actb", "Gapdh", "Tpt1", "Eef1a1", "B2m", "Rpl13a", "
 _NEURONAL = ("Snap25", "Syt1", "Rbfox3", "Stmn2")
 
 REGION_COLORS = ("#f4a582", "#d6604d", "#b2182b", "#92c5de", "#4393c3", "#1b7837")
+_SECTION_COLORS = ["#e7298a", "#66a61e", "#e6ab02", "#7570b3", "#a6761d", "#1b9e77"]
 _TYPE_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
                 "#7f7f7f", "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896",
                 "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5")
@@ -249,10 +254,12 @@ def synthetic_tissue(
     n_cell_types: int = 8,
     n_reference_cells: int = 3000,
     n_batches: int = 3,
+    n_spot_batches: int = 1,
     image_size: int = 1200,
     spot_depth: float | None = None,
     cell_depth: float | None = None,
     batch_effect: float = 0.5,
+    spot_batch_effect: float | None = None,
     platform_effect: float = 0.5,
     concentration: float = 20.0,
     library_id: str = LIBRARY_ID,
@@ -278,6 +285,13 @@ def synthetic_tissue(
         Number of cells in the reference.
     n_batches
         Number of batches in the reference (gene-specific effects, different depth).
+    n_spot_batches
+        Number of sections (capture areas, each its own library) the spots come from. With 1 (the
+        default) the spots are one batch and have no ``section`` column. With more, the lattice is
+        cut into that many side-by-side strips of array columns (left and right halves for 2),
+        every region in each; each section has gene-specific effects (``spot_batch_effect``) and
+        its own depth, like the reference's batches. The rest of the data (layout, truth, the
+        reference) is the same as with 1; only the spot counts change.
     image_size
         Longest side of the ``hires`` image in pixels (the ``lowres`` image is half of it).
     spot_depth
@@ -286,6 +300,9 @@ def synthetic_tissue(
         Median number of UMIs per reference cell (before batch depth); default ``0.8 * n_genes``.
     batch_effect
         Standard deviation of the gene-specific log batch effects in the reference.
+    spot_batch_effect
+        Standard deviation of the gene-specific log effects between the spots' sections
+        (``n_spot_batches`` > 1); default ``batch_effect``.
     platform_effect
         Standard deviation of the gene-specific log sensitivity of the spots relative to the
         reference (Visium vs scRNA-seq).
@@ -306,7 +323,11 @@ def synthetic_tissue(
         ``obs['true_dominant_cell_type']``, ``obsm['true_proportions']`` and
         ``obsm['true_abundance']`` (DataFrames, one column per cell type),
         ``var['true_platform_effect']``, ``uns['region_colors']``, ``uns['synthetic']``
-        (generating parameters, marker genes).
+        (generating parameters, marker genes); with ``n_spot_batches`` > 1 also
+        ``obs['section']`` (``'section1'``, ...), ``uns['section_colors']``,
+        ``varm['true_section_effect']`` (the multiplicative gene effect of every section, a
+        DataFrame genes x sections) and ``uns['synthetic']['section_depth']`` (each section's
+        relative depth).
         ``reference``: cells x genes (same genes), integer counts, ``obs['cell_type']``,
         ``obs['batch']``, ``uns['cell_type_colors']``, ``varm['true_profiles']`` (expression
         fraction per type) and ``varm['true_batch_effect']``.
@@ -322,10 +343,16 @@ def synthetic_tissue(
     _check_int("n_cell_types", n_cell_types, 2)
     _check_int("n_reference_cells", n_reference_cells, 10 * n_cell_types)
     _check_int("n_batches", n_batches, 1)
+    _check_int("n_spot_batches", n_spot_batches, 1)
+    if n_spot_batches > max(1, n_spots // 20):
+        raise ValueError(f"n_spot_batches={n_spot_batches} is too many for {n_spots} spots: use at most "
+                         f"{max(1, n_spots // 20)} (about 20 spots or more per section).")
+    spot_batch_effect = batch_effect if spot_batch_effect is None else spot_batch_effect
     _check_int("image_size", image_size, 64)
     _check_int("n_genes", n_genes, 1)
     _check_n_genes(n_genes, n_cell_types)
-    for name, value in (("batch_effect", batch_effect), ("platform_effect", platform_effect)):
+    for name, value in (("batch_effect", batch_effect), ("spot_batch_effect", spot_batch_effect),
+                        ("platform_effect", platform_effect)):
         if not (np.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be a non-negative number, got {value!r}.")
     if not (np.isfinite(concentration) and concentration > 0):
@@ -336,7 +363,10 @@ def synthetic_tissue(
         raise ValueError("spot_depth and cell_depth must be positive.")
 
     ss = np.random.SeedSequence(int(seed))
-    rng_geom, rng_img, rng_prog, rng_spot, rng_ref, rng_bc = (np.random.default_rng(s) for s in ss.spawn(6))
+    # the sections' stream is the 7th child: the first six (and so the data without sections) are
+    # those of ss.spawn(6)
+    rng_geom, rng_img, rng_prog, rng_spot, rng_ref, rng_bc, rng_sec = (
+        np.random.default_rng(s) for s in ss.spawn(7))
 
     # --- anatomy, spots, image -------------------------------------------------------------
     geom = Geometry(rng_geom)
@@ -393,6 +423,9 @@ def synthetic_tissue(
     capture = np.exp(rng_spot.normal(0.0, 0.35, n_spots))
     mu_spot = (abundance * content) @ frac  # expected cell-type RNA per gene
     mu_spot = mu_spot * platform * capture[:, None]
+    section, section_fx, section_depth = _sections(layout.cols, n_spot_batches, n_genes, spot_batch_effect, rng_sec)
+    if n_spot_batches > 1:
+        mu_spot = mu_spot * (section_fx[section] * section_depth[section, None])
     mu_spot *= spot_depth / np.median(mu_spot.sum(axis=1))
     theta_spot = np.exp(rng_spot.normal(np.log(6.0), 0.5, n_genes))
     counts_spot = _redraw_empty(rng_spot, _nb(rng_spot, mu_spot, theta_spot), mu_spot, theta_spot)
@@ -440,6 +473,10 @@ def synthetic_tissue(
         },
         index=pd.Index(spot_names),
     )
+    section_names = [f"section{b + 1}" for b in range(n_spot_batches)]
+    if n_spot_batches > 1:
+        obs.insert(obs.columns.get_loc("region"), "section",
+                   pd.Categorical(np.asarray(section_names)[section], categories=section_names))
     X_spot = sp.csr_matrix(counts_spot.astype(np.float32))
     spatial = AnnData(X=X_spot, obs=obs, var=var.assign(true_platform_effect=platform))
     spatial.layers["counts"] = X_spot.copy()
@@ -464,17 +501,25 @@ def synthetic_tissue(
     }
     spatial.uns["region_colors"] = list(REGION_COLORS)
     spatial.uns["true_dominant_cell_type_colors"] = _type_colors(n_types)
+    if n_spot_batches > 1:
+        spatial.uns["section_colors"] = _SECTION_COLORS[:n_spot_batches] if n_spot_batches <= len(_SECTION_COLORS) \
+            else _type_colors(n_spot_batches)
+        spatial.varm["true_section_effect"] = pd.DataFrame(section_fx.T, index=spatial.var_names,
+                                                           columns=section_names)
     params: dict[str, Any] = {
         "seed": int(seed), "n_spots": int(n_spots), "n_genes": int(n_genes),
         "n_cell_types": int(n_types), "n_reference_cells": int(n_reference_cells),
-        "n_batches": int(n_batches), "image_size": int(image_size), "spot_depth": float(spot_depth),
-        "cell_depth": float(cell_depth), "batch_effect": float(batch_effect),
+        "n_batches": int(n_batches), "n_spot_batches": int(n_spot_batches), "image_size": int(image_size),
+        "spot_depth": float(spot_depth), "cell_depth": float(cell_depth), "batch_effect": float(batch_effect),
+        "spot_batch_effect": float(spot_batch_effect),
         "platform_effect": float(platform_effect), "concentration": float(concentration),
         "spot_pitch_fullres": float(SPOT_PITCH_FULLRES), "microns_per_pixel": float(MICRONS_PER_PIXEL),
         "cell_types": list(names), "regions": list(REGIONS),
         "marker_genes": {k: list(v) for k, v in markers.items()},
         "region_composition": pd.DataFrame(comp_region, index=list(REGIONS), columns=names).to_dict("index"),
     }
+    if n_spot_batches > 1:
+        params["section_depth"] = [float(d) for d in section_depth]
     spatial.uns["synthetic"] = params
 
     # --- AnnData: reference -----------------------------------------------------------------
@@ -494,9 +539,28 @@ def synthetic_tissue(
         if n_batches <= 6 else _type_colors(n_batches)
     reference.varm["true_profiles"] = pd.DataFrame(frac.T, index=reference.var_names, columns=names)
     reference.varm["true_batch_effect"] = pd.DataFrame(batch_fx.T, index=reference.var_names, columns=batch_names)
-    reference.uns["synthetic"] = {**params, "batch_depth": [float(d) for d in depth_b]}
+    reference.uns["synthetic"] = {**{k: v for k, v in params.items() if k != "section_depth"},
+                                  "batch_depth": [float(d) for d in depth_b]}
     spatial.obs["total_counts"] = counts_spot.sum(axis=1).astype(np.int64)
     return spatial, reference
+
+
+def _sections(cols: np.ndarray, n_sections: int, n_genes: int, effect: float, rng: np.random.Generator,
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each spot's section, the sections' gene effects (sections x genes) and relative depths.
+
+    The sections are strips of whole array columns with about the same number of spots each (a
+    straight cut through the lattice, as between two capture areas). With one section nothing is
+    drawn from ``rng``.
+    """
+    if n_sections == 1:
+        return np.zeros(len(cols), dtype=int), np.ones((1, n_genes)), np.ones(1)
+    order = np.sort(cols)
+    cuts = [order[int(round(len(cols) * b / n_sections))] for b in range(1, n_sections)]
+    section = np.searchsorted(np.asarray(cuts), cols, side="right")
+    effects = np.exp(rng.normal(0.0, effect, (n_sections, n_genes)))
+    depth = rng.permutation(np.geomspace(0.75, 1.33, n_sections))
+    return section, effects, depth
 
 
 def _check_n_genes(n_genes: int, n_types: int) -> None:

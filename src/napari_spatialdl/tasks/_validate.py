@@ -16,6 +16,7 @@ import inspect
 import numbers
 import os
 import pathlib
+import re
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -39,6 +40,7 @@ __all__ = [
     "check_spatial",
     "coerce_param",
     "coerce_params",
+    "column_name_role",
     "column_problem",
     "columns_for",
     "drop_empty_genes",
@@ -60,6 +62,63 @@ MIN_OBS_FOR_FRACTION = 20
 MAX_NUMERIC_CODES = 100
 #: The smallest batch a batch column may have.
 MIN_BATCH_SIZE = 2
+#: A numeric (not categorical) batch column with more distinct values than this, or than
+#: ``MAX_BATCH_FRACTION`` of its observations once it has more than ``MIN_CODES_FOR_FRACTION``
+#: values, holds grid positions, counts or IDs, not batch codes.
+MAX_BATCH_CODES = 50
+MAX_BATCH_FRACTION = 0.1
+MIN_CODES_FOR_FRACTION = 10
+
+# What a column's name says it holds (the name normalised: lower case, runs of other characters
+# as "_"). Conventions of Space Ranger, scanpy, Seurat, Xenium/MERSCOPE and common annotation.
+_COORDINATE_NAME = re.compile(
+    r"^(?:in_tissue|(?:array|pxl|image|img|grid|spot)_?(?:row|col|column)(?:_.*)?|(?:row|col|column)s?"
+    r"|[xyz]|[xyz]_.*|.*_[xyz]|(?:centroid|center|centre|coord|coords|coordinate|position|pos)(?:_.*)?)$")
+_MEASUREMENT_NAME = re.compile(
+    r"^(?:log1p_)?(?:(?:total|n|num|number_of)_(?:counts?|genes?|cells?|umis?|reads?|molecules?|transcripts?|features?)"
+    r"(?:_.*)?|n_genes_by_counts|numi|nread|ncount_.*|nfeature_.*|nfeatures|(?:pct|percent|frac|fraction)_.*"
+    r"|transcript_counts|control_.*_counts|size_factors?|.*_(?:counts|score|area|volume|depth))$")
+_BATCH_WORDS = ("batch", "batches", "sample", "samples", "section", "sections", "slide", "slides", "donor",
+                "donors", "replicate", "replicates", "rep", "library", "libraries", "library_id", "plate", "chip",
+                "lane", "run", "dataset", "study", "patient", "individual", "subject", "animal", "mouse",
+                "capture_area", "orig_ident", "experiment", "protocol", "technology", "tech", "assay", "flowcell")
+_BATCH_NAME = re.compile(r"^(?:.*_)?batch(?:_.*)?$|^(?:" + "|".join(_BATCH_WORDS)
+                         + r")(?:_?(?:id|ids|name|key|number|no|nr|idx|index|code)|\d+)?$")
+_LABELS_NAME = re.compile(
+    r"(?:^|_)(?:cell_?types?|celltypes?|sub_?types?|types?|clusters?|leiden|louvain|regions?|domains?"
+    r"|annotations?|annotated|labels?|class|classes|subclass|lineage|niches?|identity|states?)(?:_|$)")
+
+
+def _normalised(key: object) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", str(key).lower()).strip("_")
+
+
+def column_name_role(key: object) -> Literal["coordinate", "measurement", "batch", "labels"] | None:
+    """What the name of an ``obs`` column says it holds, or ``None`` when it says nothing.
+
+    ``"coordinate"``: a position (``array_row``, ``array_col``, ``x``, ``pxl_row_in_fullres``,
+    ``x_centroid``, ``in_tissue``); ``"measurement"``: a quality-control number per observation
+    (``total_counts``, ``n_genes_by_counts``, ``n_cells``, ``pct_counts_mt``, ``nCount_RNA``);
+    ``"batch"``: a technical grouping (``batch``, ``sample``, ``section``, ``library_id``,
+    ``donor``, ``slide``, ``replicate``, ``sample_id``, ``orig.ident``); ``"labels"``: a
+    biological grouping (``cell_type``, ``cluster``, ``leiden``, ``region``, ``annotation``,
+    ``true_dominant_cell_type``). A name is only a hint: the drop-downs use it to choose among
+    columns that :func:`column_problem` accepts.
+    """
+    name = _normalised(key)
+    if not name:
+        return None
+    if _COORDINATE_NAME.match(name):
+        return "coordinate"
+    if _BATCH_NAME.match(name):  # "batch..." or a batch word alone (with an id suffix): "sample_id"
+        return "batch"
+    if _MEASUREMENT_NAME.match(name):
+        return "measurement"
+    if re.search(r"(?:^|_)batch(?:_|$)", name):
+        return "batch"
+    if _LABELS_NAME.search(name):
+        return "labels"
+    return None
 
 
 # ----------------------------------------------------------------------------- matrices
@@ -327,6 +386,23 @@ def _column_check(adata: AnnData, key: str, kind: str, *, allow_missing_values: 
             f"has {n_distinct} distinct values for {n_present} observations (e.g. {_short(counts.index)}): "
             f"a different value for (nearly) every observation, like an ID or a barcode, not a {kind} grouping",
             "Use a column that groups observations (e.g. the sample or the cell type).")
+    if kind == "batch" and not isinstance(dtype, pd.CategoricalDtype):
+        role = column_name_role(key)
+        insist = ("If these values really are batch codes, make the column categorical first: "
+                  "{obj}.obs[{key!r}] = {obj}.obs[{key!r}].astype(str).astype('category').")
+        if role in ("coordinate", "measurement"):
+            what = ("a position on the slide (grid row or column, pixel or in-tissue flag)" if role == "coordinate"
+                    else "a quality-control measurement (counts, genes or cells per observation)")
+            return _Problem(f"is named like {what}, not batch codes: it does not say which sample, section or "
+                            f"library an observation came from", insist)
+        if numeric and (n_distinct > MAX_BATCH_CODES or (
+                n_distinct > MIN_CODES_FOR_FRACTION and n_distinct > MAX_BATCH_FRACTION * n_present)):
+            lo, hi = counts.index.min(), counts.index.max()
+            return _Problem(
+                f"holds {n_distinct} distinct numbers ({lo:.6g} to {hi:.6g}) for {n_present} observations: too "
+                f"many for batch codes (at most {MAX_BATCH_CODES}, and at most "
+                f"{MAX_BATCH_FRACTION:.0%} of the observations); it looks like grid positions, counts or IDs",
+                insist)
     if kind == "batch":
         small = counts[counts < MIN_BATCH_SIZE]
         if len(small):
@@ -362,6 +438,13 @@ def column_problem(adata: AnnData, key: str, kind: ColumnKind, *, allow_missing_
     - **missing values**: refused for ``"batch"`` (every observation has a batch), allowed for
       ``"labels"`` (unlabelled cells are ignored or predicted) unless ``allow_missing_values``
       says otherwise;
+    - **batch only, numeric or text (not categorical) columns**: a column **named like a
+      position** (``array_row``, ``array_col``, ``x``, ``in_tissue``) or **a quality-control
+      measurement** (``total_counts``, ``n_genes_by_counts``, ``n_cells``; see
+      :func:`column_name_role`), and a numeric column with more than ``MAX_BATCH_CODES`` (50)
+      distinct values, or more than ``MIN_CODES_FOR_FRACTION`` (10) that are over
+      ``MAX_BATCH_FRACTION`` (10 %) of the observations, is not a batch. Casting it to
+      ``category`` is the way to insist;
     - **batch only**: every batch needs at least ``MIN_BATCH_SIZE`` (2) observations. A batch
       covariate seen in a single observation lets the model explain all of that observation's
       biology as batch effect (the correction for it is not identifiable), and per-batch
@@ -403,6 +486,53 @@ def columns_for(adata: AnnData, kind: ColumnKind, *, allow_missing_values: bool 
     skip = set(exclude)
     return [str(c) for c in adata.obs.columns
             if c not in skip and _column_check(adata, c, kind, allow_missing_values=allow_missing_values) is None]
+
+
+def offered_columns(adata: AnnData, kind: ColumnKind, *, min_values: int = 2) -> list[str]:
+    """The ``obs`` columns a drop-down offers as ``kind``: those that fit, narrowed to plausible ones.
+
+    Every column offered passes :func:`column_problem`; of those:
+
+    - **batch**: napari-spatialdl's own results (``spatialdl_*``) are left out, and so are the
+      columns whose name says they hold biology (cell types, clusters, regions:
+      ``column_name_role(key) == "labels"``), as long as another column fits: integrating over the
+      cell types would remove the very differences the analysis is after. Only when nothing else
+      fits are those offered (a region can be a batch in rare designs, never by default);
+    - **labels**: numeric and boolean columns (codes, flags, measurements) are left out, and so
+      are the columns named like a batch, a position or a measurement (``section``, ``sample``,
+      ``array_row``, ``n_cells``): the labels column names cell types or groups of biology.
+
+    Parameters
+    ----------
+    adata
+        The AnnData.
+    kind
+        ``"batch"`` or ``"labels"``.
+    min_values
+        The fewest distinct values (1 for a query's batch).
+
+    Returns
+    -------
+    list of str
+        Column names, in the order of ``adata.obs``.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(map(repr, KINDS))}, got {kind!r}.")
+    fits = [str(c) for c in adata.obs.columns
+            if _column_check(adata, c, kind, min_values=min_values) is None]
+    if kind == "batch":
+        fits = [c for c in fits if not c.startswith("spatialdl_")]
+        plausible = [c for c in fits if column_name_role(c) != "labels"]
+        return plausible or fits
+    out = []
+    for c in fits:
+        dtype = adata.obs[c].dtype
+        if not isinstance(dtype, pd.CategoricalDtype) and dtype.kind in "biuf":
+            continue
+        if column_name_role(c) in ("batch", "coordinate", "measurement"):
+            continue
+        out.append(c)
+    return out
 
 
 def _as_strings(s: pd.Series, keep_missing: bool) -> pd.Series:
