@@ -138,3 +138,43 @@ def test_predict_genes_from_reference_in_the_impute_panel(make_napari_viewer, qt
     assert legend.label.endswith("predicted from the reference")
     assert_layout(viewer, imp)
     save_window(viewer, "gene_prediction_3_reopened")
+
+
+def test_compact_imputation_is_shown_gene_by_gene(make_napari_viewer, qtbot, panel_and_reference):
+    """Denoising with ``dense=False`` writes no observations x genes layer: the view decodes the
+    chosen gene only, raw and imputed on one scale, and the run is recorded as the task's."""
+    from gui_helpers import add_panel, assert_layout, click_run, plugin_viewer, save_window
+
+    import napari_spatialdl as sdl
+    from napari_spatialdl._widgets._viewer import find_spots_layer
+    from napari_spatialdl.layers import spot_colors
+    from napari_spatialdl.tasks import run_records
+    from napari_spatialdl.tasks.imputation import reconstruct
+
+    panel, _ = panel_and_reference
+    viewer = plugin_viewer(make_napari_viewer)
+    sdl.show(panel, viewer, name="panel")
+    spots = find_spots_layer(viewer, panel)
+    imp = add_panel(viewer, "Impute")
+    assert imp.method_name == "spatialdl"
+    imp.params.set(max_epochs=3, dense=False)
+    click_run(qtbot, imp)
+    assert "spatialdl_imputed" not in panel.layers and "spatialdl_imputed_latent" in panel.obsm
+    assert "impute" in run_records(panel)
+    view = imp.results
+    gene = view.gene.currentText()
+    assert gene in panel.var_names and view.values.currentText() == "imputed"
+    legend = spots.metadata["spatialdl_legend"]
+    assert legend.label == f"{gene}, imputed"
+    decoded = reconstruct(panel, gene)[gene].to_numpy()
+    expected, _, _ = spot_colors(panel, f"spatialdl_imputed_latent:{gene}", cmap="magma",
+                                 contrast_limits=view.limits(panel, gene))
+    np.testing.assert_allclose(np.asarray(spots.face_color), expected, atol=1e-6)
+    assert decoded.std() > 0
+    # raw on the same colour scale: other colours
+    imputed_rgba = np.asarray(spots.face_color).copy()
+    view.values.setCurrentText("raw")
+    assert spots.metadata["spatialdl_legend"].limits == legend.limits
+    assert not np.allclose(np.asarray(spots.face_color), imputed_rgba)
+    assert_layout(viewer, imp)
+    save_window(viewer, "impute_compact")

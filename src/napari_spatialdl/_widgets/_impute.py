@@ -49,6 +49,20 @@ class ImputeView(ResultView):
         return self.keys.get("imputed", IMPUTED_LAYER)
 
     @property
+    def compact_key(self) -> str | None:
+        """The latent key of a compact imputation (no dense layer written), else None."""
+        keys = self.keys if self.record is not None else {}
+        return keys.get("latent") if "imputed" not in keys else None
+
+    def imputed_values(self, adata: Any, gene: str) -> np.ndarray:
+        """The imputed values of ``gene``: the dense layer's column, or decoded from the compact form."""
+        if self.compact_key:
+            from ..layers import spot_values
+
+            return np.asarray(spot_values(adata, f"{self.compact_key}:{gene}")[0], dtype=float)
+        return _gene_column(adata.layers[self.imputed_layer], adata.var_names.get_loc(gene))
+
+    @property
     def prediction_key(self) -> str | None:
         """The key of the shown gene prediction (its table, else its factors), None for denoising."""
         keys = self.keys if self.record is not None else {}
@@ -60,6 +74,8 @@ class ImputeView(ResultView):
             keys = result.keys or {}  # slot -> key of what the run wrote
             if "layers" in keys:
                 result.info["display_gene"] = suggested_gene(result.adata, layer=keys["layers"])
+            elif any(k.startswith("uns_decoder") for k in keys):  # compact: no layer to score
+                result.info["display_gene"] = _most_variable_gene(result.adata)
             elif "obsm" in keys and not any(k.startswith("uns_decoder") for k in keys):  # genes predicted from a reference (a table or the compact form)
                 result.info["display_gene"] = suggested_predicted_gene(result.adata, keys["obsm"])
 
@@ -87,8 +103,12 @@ class ImputeView(ResultView):
         if keep not in genes:
             if suggested in genes:
                 keep = suggested
+            elif key:
+                keep = suggested_predicted_gene(adata, key)
+            elif self.compact_key:
+                keep = _most_variable_gene(adata)
             else:
-                keep = suggested_predicted_gene(adata, key) if key else suggested_gene(adata, layer=self.imputed_layer)
+                keep = suggested_gene(adata, layer=self.imputed_layer)
         self.gene.setCurrentIndex(genes.index(keep))
         self.gene.blockSignals(False)
         self.values.blockSignals(True)
@@ -107,7 +127,7 @@ class ImputeView(ResultView):
         index = adata.var_names.get_loc(gene)
         raw_layer = self.raw_layer(adata)
         raw = _gene_column(adata.layers[raw_layer] if raw_layer else adata.X, index)
-        imputed = _gene_column(adata.layers[self.imputed_layer], index)
+        imputed = self.imputed_values(adata, gene)
         hi = max(float(np.nanpercentile(raw, 99)), float(np.nanpercentile(imputed, 99)))
         lo = min(0.0, float(np.nanmin(raw)), float(np.nanmin(imputed)))
         return lo, hi if hi > lo else lo + 1.0
@@ -126,8 +146,12 @@ class ImputeView(ResultView):
         imputed = self.values.currentText() == "imputed"
         layer_key = self.imputed_layer if imputed else self.raw_layer(adata)
         lims = self.limits(adata, gene)
-        color_by(self.viewer, self.layer, gene, layer_key=layer_key, cmap="magma", contrast_limits=lims)
-        where = f"layers['{layer_key}']" if layer_key else "X"
+        if imputed and self.compact_key:  # decoded for this gene only
+            color_by(self.viewer, self.layer, f"{self.compact_key}:{gene}", cmap="magma", contrast_limits=lims)
+            where = f"the compact imputation '{self.compact_key}'"
+        else:
+            color_by(self.viewer, self.layer, gene, layer_key=layer_key, cmap="magma", contrast_limits=lims)
+            where = f"layers['{layer_key}']" if layer_key else "X"
         self.status.setText(f"{gene}, {'imputed' if imputed else 'raw'} (from {where}); the colour scale "
                             f"runs from {lims[0]:.3g} to {lims[1]:.3g} for both, so they compare directly.")
 
@@ -151,6 +175,21 @@ class ImputeView(ResultView):
         self.status.setText(f"{gene}, predicted from the reference (expression per 10^4 transcripts); "
                             + ("this data also measures it: choose 'measured' to compare."
                                if measured else "not measured in this data."))
+
+
+def _most_variable_gene(adata: Any, max_obs: int = 20000) -> str:
+    """The gene with the largest variance of log1p counts (on at most ``max_obs`` rows, no dense X):
+    what a compact imputation opens on (it has no layer to score)."""
+    rows = np.arange(min(adata.n_obs, max_obs))
+    X = adata.X[rows]
+    if sp.issparse(X):
+        X = sp.csr_matrix(X, dtype=np.float32)
+        X.data = np.log1p(X.data)
+        mean = np.asarray(X.mean(axis=0)).ravel()
+        var = np.asarray(X.multiply(X).mean(axis=0)).ravel() - mean**2
+    else:
+        var = np.log1p(np.asarray(X, dtype=np.float32)).var(axis=0)
+    return str(adata.var_names[int(np.argmax(var))])
 
 
 #: the Impute panel's two modes: which methods each offers (by whether they need a reference)

@@ -75,6 +75,9 @@ class Output:
     key: str  # the default key (docs/anndata-keys.md)
     suffix: str = ""  # appended to key_added for secondary outputs
     doc: str = ""
+    #: a run whose main output is this one, under its default key, is recorded under the task's
+    #: name (as for the first output): another form of the same result, e.g. a compact imputation
+    task_record: bool = False
 
     def key_for(self, key_added: str | None, method_suffix: str | None = None) -> str:
         if key_added:
@@ -370,8 +373,8 @@ def run_record(adata: AnnData, task: str, main_key: str | None = None) -> dict |
     if not isinstance(uns, dict):
         return None
     spec = SPECS.get(task)
-    default = spec.outputs[0].key if spec else None
-    name = task if main_key in (None, default) else main_key
+    defaults = {o.key for i, o in enumerate(spec.outputs) if i == 0 or o.task_record} if spec else set()
+    name = task if main_key is None or main_key in defaults else main_key
     entry = uns.get(name)
     return entry if isinstance(entry, dict) else None
 
@@ -474,7 +477,7 @@ def finish_run(spec: TaskSpec, method_name: str, data: AnnData, prepared: Prepar
     outputs = [o for o in spec.outputs if o.field in keys]
     main = outputs[0]
     record_name = _record_name(spec.name, keys[main.field],
-                               main.key if main is spec.outputs[0] else None)
+                               main.key if (main is spec.outputs[0] or main.task_record) else None)
     write_run_metadata(out, record_name, method_name, recorded, output.history, seconds=seconds,
                        of_task=spec.name, keys={o.field: f"{o.slot}/{keys[o.field]}" for o in outputs},
                        **info)

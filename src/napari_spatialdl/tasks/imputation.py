@@ -531,7 +531,7 @@ SPEC = register_spec(TaskSpec(
     outputs=(
         Output("imputed", "layers", IMPUTED_LAYER,
                doc="expected counts (dense float32, adata's shape; genes without counts: 0)"),
-        Output("latent", "obsm", f"{IMPUTED_LAYER}_latent", suffix="_latent",
+        Output("latent", "obsm", f"{IMPUTED_LAYER}_latent", suffix="_latent", task_record=True,
                doc="compact imputation: bottleneck values (n x d), when no dense layer is written"),
         Output("offset", "obsm", f"{IMPUTED_LAYER}_offset", suffix="_offset",
                doc="compact imputation: log normaliser of each observation (n x 1)"),
