@@ -18,6 +18,13 @@ pytestmark = pytest.mark.gui
 SCREEN = (1280, 800)
 
 
+def to_data(layer, world_yx: np.ndarray) -> np.ndarray:
+    """World (y, x) -> the data coordinates of ``layer`` (shapes are added in data coordinates)."""
+    from napari_spatialdl._widgets._regions_geometry import to_data as _to_data
+
+    return _to_data(layer, np.asarray(world_yx, dtype=float))
+
+
 def world_spots(layer) -> np.ndarray:
     """Spot centres in world (y, x), from scale/translate alone (independent of napari's transforms)."""
     return np.asarray(layer.data) * np.asarray(layer.scale) + np.asarray(layer.translate)
@@ -83,11 +90,11 @@ def test_regions_on_synthetic_tissue(viewer, qtbot, small_tissue):
     widget.name.setText("upper left")
     tri = np.array([[lo[0], lo[1]], [lo[0], mid[1]], [mid[0] * 0.8 + lo[0] * 0.2, (lo[1] + mid[1]) / 2],
                     [mid[0], mid[1]], [mid[0], lo[1]]])
-    layer.add_polygons([tri])
+    layer.add_polygons([to_data(layer, tri)])
     # region 2: a rectangle on the right, named afterwards in the table
     widget.name.setText("placeholder")
     rect = np.array([[mid[0] - 30, mid[1] + 20], [hi[0] - 10, hi[1] - 5]])
-    layer.add_rectangles([rect])
+    layer.add_rectangles([to_data(layer, rect)])
     assert widget.table.rowCount() == 2
     assert widget.table.item(0, 1).text() == "upper left"
     widget.table.item(1, 1).setText("right block")  # the user edits the name in the table
@@ -197,7 +204,7 @@ def test_regions_on_real_hne(viewer, shared_data):
     yx = world_spots(spots)
     lo, hi = yx.min(axis=0), yx.max(axis=0)
     mid_y = np.median(yx[:, 0])
-    layer.add_rectangles([np.array([[lo[0] - 5, lo[1] - 5], [mid_y, hi[1] + 5]])])
+    layer.add_rectangles([to_data(layer, np.array([[lo[0] - 5, lo[1] - 5], [mid_y, hi[1] + 5]]))])
     widget.set_region_name(0, "upper tissue")
     col = widget.assign("hne_region")
     rect = np.array([[lo[0] - 5, lo[1] - 5], [lo[0] - 5, hi[1] + 5], [mid_y, hi[1] + 5], [mid_y, lo[1] - 5]])
@@ -223,13 +230,13 @@ def test_regions_train_annotation_of_the_rest(viewer, qtbot, small_tissue):
     regions = dock.show_task("regions")
     layer = regions.new_regions_layer()
     yx = world_spots(spots)
-    half = 0.4 * float(np.mean(spots.size))  # a square around one spot only
+    half = 0.4 * float(np.mean(spots.size)) * float(spots.scale[-1])  # a square around one spot only (world)
     truth = spatial.obs["region"].astype(str).to_numpy()
     rng = np.random.default_rng(0)
     picked = []
     for name in np.unique(truth):
         for i in rng.choice(np.flatnonzero(truth == name), size=4, replace=False):
-            layer.add_rectangles([np.array([yx[i] - half, yx[i] + half])])
+            layer.add_rectangles([to_data(layer, np.array([yx[i] - half, yx[i] + half]))])
             regions.set_region_name(len(layer.data) - 1, name)
             picked.append(i)
     col = regions.assign("hand_labels")
@@ -281,9 +288,10 @@ def test_regions_and_colouring_survive_saving(make_napari_viewer, qtbot, small_t
     lo, hi = yx.min(axis=0) - 2.3, yx.max(axis=0) + 1.9
     mid = (lo + hi) / 2 + 3.1
     widget.name.setText("upper left")
-    layer.add_polygons([np.array([[lo[0], lo[1]], [lo[0], mid[1]], [mid[0], mid[1] - 15], [mid[0], lo[1]]])])
+    layer.add_polygons([to_data(layer, np.array([[lo[0], lo[1]], [lo[0], mid[1]], [mid[0], mid[1] - 15],
+                                                 [mid[0], lo[1]]]))])
     widget.name.setText("lower right")
-    layer.add_rectangles([np.array([[mid[0] + 5, mid[1] + 5], [hi[0], hi[1]]])])
+    layer.add_rectangles([to_data(layer, np.array([[mid[0] + 5, mid[1] + 5], [hi[0], hi[1]]]))])
     assert list(layer.features["region"]) == ["upper left", "lower right"]
     drawn_world = [to_world(layer, v) for v in layer.data]
     widget.assign("drawn_region")

@@ -49,8 +49,15 @@ def _world_to_shot(viewer, shot: np.ndarray, rc: np.ndarray) -> np.ndarray:
     return np.round(px * shot_hw / canvas_hw - 0.5).astype(int)
 
 
+def _to_world(layer, rc) -> np.ndarray:
+    """(row, col) data coordinates of ``layer`` -> world (µm when the pixel size is known)."""
+    from napari_spatialdl._widgets._regions_geometry import to_world
+
+    return to_world(layer, np.asarray(rc, dtype=float))[:, -2:]
+
+
 def _spot_pixels(viewer, layer, shot):
-    px = _world_to_shot(viewer, shot, layer.data)
+    px = _world_to_shot(viewer, shot, _to_world(layer, layer.data))
     inside = (px[:, 0] >= 0) & (px[:, 1] >= 0) & (px[:, 0] < shot.shape[0]) & (px[:, 1] < shot.shape[1])
     assert inside.mean() > 0.95, "spots fall outside the canvas: the view does not show the tissue"
     return px, inside
@@ -107,7 +114,7 @@ def test_spots_drawn_on_the_tissue_and_recoloured(make_napari_viewer, tissue):
     dist = np.min(np.linalg.norm(cand[:, None, :] - layer.data[None, :, :], axis=2), axis=1)
     far = cand[dist > 1.5 * layer.size[0]][:200]
     assert len(far) >= 50
-    fpx = _world_to_shot(viewer, shot, far)
+    fpx = _world_to_shot(viewer, shot, _to_world(image_layer, far))
     on_canvas = (fpx >= 0).all(1) & (fpx[:, 0] < shot.shape[0]) & (fpx[:, 1] < shot.shape[1])
     got = shot[fpx[on_canvas, 0], fpx[on_canvas, 1], :3].astype(float)
     want = img[far[on_canvas, 0].astype(int), far[on_canvas, 1].astype(int), :3].astype(float)
@@ -142,7 +149,7 @@ def test_hover_shows_barcode_and_value(make_napari_viewer, tissue):
     i = 7
     viewer.layers.selection.active = layer
     viewer.mouse_over_canvas = True
-    viewer.cursor.position = tuple(layer.data[i])
+    viewer.cursor.position = tuple(_to_world(layer, layer.data[i : i + 1])[0])
     viewer.update_status_from_cursor()
     status = viewer.status if isinstance(viewer.status, str) else str(viewer.status)
     assert spatial.obs_names[i] in status
@@ -161,7 +168,7 @@ def test_real_mouse_hover_updates_status(make_napari_viewer, tissue, qtbot):
     viewer.layers.selection.active = layer
     shot = _canvas_shot(viewer)
     i = 11
-    r, c = _world_to_shot(viewer, shot, layer.data[i : i + 1])[0]
+    r, c = _world_to_shot(viewer, shot, _to_world(layer, layer.data[i : i + 1]))[0]
     from napari_spatialdl._widgets._compat import gl_canvas, main_window
 
     native = gl_canvas(main_window(viewer))

@@ -242,7 +242,7 @@ def test_color_spots_on_a_points_layer_without_display():
     info = color_spots(layer, "spatialdl_proportions:Neuron", features=["cluster"])
     assert list(layer.features.columns) == ["barcode", "score", "cluster", "spatialdl_proportions:Neuron"]
     assert layer.metadata["spatialdl_legend"] is info
-    status = layer.get_status(tuple(layer.data[3]), world=True)["coordinates"]
+    status = layer.get_status(tuple(layer.data_to_world(layer.data[3])), world=True)["coordinates"]
     assert adata.obs_names[3] in status and "spatialdl_proportions:Neuron" in status
     with pytest.raises(ColorKeyError, match="obs columns"):
         color_spots(layer, "nope")

@@ -1,11 +1,12 @@
 """napari-spatialdl: deep-learning models for spatial transcriptomics, on the tissue image.
 
-Scripting API (no Qt needed unless you call :func:`show` or :func:`run`)::
+Scripting API (no Qt needed unless you call :func:`show`, :func:`run` or :func:`save_figure`)::
 
     import napari_spatialdl as sdl
     adata = sdl.read_visium("path/to/spaceranger/outs")
     sdl.deconvolve(adata, reference, labels_key="cell_type")
     viewer = sdl.show(adata, color="spatialdl_proportions:Astrocyte")
+    sdl.save_figure(viewer, "astrocytes.png", dpi=300)
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ _LAZY = {
     "available_devices": "napari_spatialdl.models",
     "show": "napari_spatialdl._widgets",
     "run": "napari_spatialdl._widgets",
+    "save_figure": "napari_spatialdl._widgets._figure",
     "datasets": "napari_spatialdl.datasets",
 }
 

@@ -10,7 +10,11 @@ Conventions (DESIGN.md, "GUI behaviour"):
 - the spots are a ``points`` layer in ``(row, col) = (y, x)`` pixels of that image, of size the
   spot diameter in those pixels; ``features`` hold the barcode and the coloured values (napari
   shows them in the status bar when the mouse is over a spot);
-- ``metadata`` links back: ``{'adata', 'library_id', 'image_key', 'scalefactor', 'spatialdl_spots'}``.
+- ``metadata`` links back: ``{'adata', 'library_id', 'image_key', 'scalefactor', 'spatialdl_spots'}``;
+- world coordinates are micrometres when the physical size of a pixel is known
+  (:func:`napari_spatialdl.io._microns.microns_per_pixel`: Visium grid or scale factors): both
+  layers get ``scale`` (µm per pixel of the image shown) and ``units`` ``('um', 'um')``, so napari's
+  scale bar reads true µm; otherwise world coordinates are those pixels.
 
 Colour keys: a gene (``var_names``, values from ``X`` or ``layers[layer]``), an ``obs`` column
 (categorical or numeric) or an ``obsm`` column written ``"obsm_key:column"`` (a DataFrame column
@@ -40,6 +44,7 @@ from ._constants import (
     REGION_KEY,
 )
 from .io import get_image, get_library_id, spot_diameter_px, spots_px
+from .io._microns import microns_per_pixel
 
 LayerDataTuple = tuple[Any, dict, str]
 Kind = Literal["categorical", "numeric"]
@@ -628,7 +633,10 @@ def spatial_layers(
     list of (data, kwargs, layer_type)
         ``[image tuple, points tuple]``, or only the points tuple when there is no image. The
         points are ``(row, col)`` pixels of the image shown; ``kwargs['size']`` is the spot
-        diameter in those pixels; ``kwargs['metadata']`` links back to ``adata``.
+        diameter in those pixels; ``kwargs['metadata']`` links back to ``adata``. When the µm
+        size of a pixel is known both tuples have ``scale`` (µm per pixel of the image shown) and
+        ``units=('um', 'um')``: world coordinates are then µm (centres of neighbouring Visium
+        spots 100 apart) and napari's scale bar reads µm.
     """
     lib = get_library_id(adata, library_id)
     img, scalef, key = get_image(adata, lib, image_key)
@@ -636,11 +644,13 @@ def spatial_layers(
     xy = spots_px(adata, lib, used_key)
     diameter = spot_diameter_px(adata, lib, used_key)
     base = name or (str(lib) if lib is not None else "")
+    um = microns_per_pixel(adata, lib)
+    physical: dict[str, Any] = {} if um is None else {"scale": (um / scalef, um / scalef), "units": ("um", "um")}
 
     out: list[LayerDataTuple] = []
     if img is not None:
-        out.append((img, _image_kwargs(np.asarray(img), f"{base} image" if base else "image", scalef),
-                    "image"))
+        out.append((img, {**_image_kwargs(np.asarray(img), f"{base} image" if base else "image", scalef),
+                          **physical}, "image"))
 
     pinned = [str(k) for k in features]
     table = spot_features(adata, pinned, layer=None)
@@ -673,6 +683,7 @@ def spatial_layers(
         "opacity": 1.0,
         "features": table,
         "metadata": metadata,
+        **physical,
     }
     out.append((np.asarray(xy[:, ::-1], dtype=np.float64), points_kwargs, "points"))
     return out

@@ -456,7 +456,7 @@ def regions_layer_data(adata: AnnData, points_kwargs: Mapping[str, Any] | None =
     points_kwargs
         The keyword arguments of its spots layer (from :func:`napari_spatialdl.layers.spatial_layers`):
         the shapes are put in the same pixel space (``metadata['scalefactor']``) and transform
-        (``scale``, ``translate``, ``rotate``, ``shear``, ``affine``) as the spots.
+        (``scale``, ``translate``, ``rotate``, ``shear``, ``affine``) and ``units`` as the spots.
 
     Returns
     -------
@@ -473,7 +473,7 @@ def regions_layer_data(adata: AnnData, points_kwargs: Mapping[str, Any] | None =
     scalef = float(metadata.get("scalefactor", 1.0) or 1.0)
     size = np.asarray(points_kwargs.get("size", 0.0), dtype=float)
     edge_width = max(1.0, float(np.mean(size)) * 0.15) if size.size and np.mean(size) > 0 else 2.0
-    transform = {k: points_kwargs[k] for k in ("scale", "translate", "rotate", "shear", "affine")
+    transform = {k: points_kwargs[k] for k in ("scale", "translate", "rotate", "shear", "affine", "units")
                  if k in points_kwargs}
     store = adata.uns.get(REGIONS_UNS_KEY)
     keys = list(store) if isinstance(store, Mapping) else []

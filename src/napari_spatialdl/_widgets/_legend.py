@@ -6,13 +6,17 @@
   active spots layer's metadata and updates whenever :func:`~._viewer.color_spots` recolours it.
 - :func:`ensure_legend` docks one ``SpotsLegend`` in a viewer (or returns the one already there),
   for scripted use and for the task widgets after they colour the spots.
+- Its "Save figure…" button writes the canvas with this legend and a scale bar as one figure
+  (:func:`napari_spatialdl.save_figure`).
+- :func:`show_scale_bar` turns napari's scale bar on when the spots' world is in µm.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from qtpy.QtWidgets import QDockWidget, QWidget
+from qtpy.QtWidgets import QDockWidget, QFileDialog, QHBoxLayout, QLabel, QPushButton, QWidget
 
 from ..layers import META_FLAG, META_LEGEND
 from ._compat import real
@@ -28,13 +32,71 @@ def is_spots_layer(layer: Any) -> bool:
     return isinstance(layer, Points) and bool(layer.metadata.get(META_FLAG))
 
 
+def _length_units(layer: Any) -> bool:
+    units = getattr(layer, "units", None)
+    if not units:
+        return False
+    try:
+        return str(units[-1].dimensionality) == "[length]"
+    except AttributeError:
+        return False
+
+
+def show_scale_bar(viewer: Any) -> bool:
+    """Show napari's scale bar (in a box, readable on the tissue) when spots layers are in µm.
+
+    The layers of :func:`napari_spatialdl.layers.spatial_layers` carry ``units=('um', 'um')``
+    when the physical size of a pixel is known; napari's scale bar then reads micrometres.
+
+    Returns
+    -------
+    bool
+        Whether the scale bar is shown (False: no spots layer with a length unit; left as it was).
+    """
+    viewer = real(viewer)
+    if not any(is_spots_layer(lyr) and _length_units(lyr) for lyr in viewer.layers):
+        return False
+    bar = viewer.scale_bar
+    fields = getattr(type(bar), "model_fields", None) or getattr(type(bar), "__fields__", {})
+    if "unit" in fields:  # napari < 0.6: the bar's own unit (later versions read the layers' units)
+        bar.unit = "um"
+    if not bar.visible:
+        bar.box = True
+        bar.visible = True
+    return True
+
+
 class SpotsLegend(LegendWidget):
-    """A legend that follows the viewer's spots: the active spots layer, or the last one coloured."""
+    """A legend that follows the viewer's spots: the active spots layer, or the last one coloured.
+
+    Below it, "Save figure…" saves the canvas with this legend and a scale bar
+    (:func:`napari_spatialdl.save_figure`, 300 dpi; the format from the file's extension).
+    """
+
+    #: dots per inch of the figures the button saves
+    FIGURE_DPI = 300
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = real(napari_viewer)
         self.layer: Any = None
+        self.last_figure: Path | None = None
+        self.save_button = QPushButton("Save figure…")
+        self.save_button.setToolTip("Save the canvas with this legend and a scale bar as one image "
+                                    "(PNG, PDF, SVG or TIFF, 300 dpi).")
+        self.save_button.clicked.connect(self._on_save)
+        self.save_status = QLabel("")
+        self.save_status.setWordWrap(True)
+        self.save_status.hide()
+        row = QWidget()
+        row_layout = QHBoxLayout(row)
+        row_layout.setContentsMargins(0, 0, 0, 0)
+        row_layout.addWidget(self.save_button)
+        row_layout.addStretch(1)
+        layout = self.layout()
+        layout.insertWidget(layout.count() - 1, row)  # above the closing stretch
+        layout.insertWidget(layout.count() - 1, self.save_status)
+        show_scale_bar(self.viewer)
         self.viewer.layers.selection.events.active.connect(self._on_active)
         self.viewer.layers.events.removed.connect(self._on_removed)
         self.viewer.layers.events.inserted.connect(self._on_inserted)
@@ -64,6 +126,40 @@ class SpotsLegend(LegendWidget):
             self.clear("Spots not coloured yet." if self.layer is not None else "No spots layer.")
         else:
             self.set_legend(info)
+        self.save_button.setEnabled(info is not None)
+        self.save_button.setToolTip(
+            "Save the canvas with this legend and a scale bar as one image (PNG, PDF, SVG or TIFF, 300 dpi)."
+            if info is not None else "Colour the spots first: the figure shows their legend.")
+
+    def ask_figure_path(self, suggested: str) -> str:
+        """The file chosen in a save dialog ('' when cancelled); the extension is added from the filter."""
+        filters = {"PNG image (*.png)": ".png", "PDF (*.pdf)": ".pdf", "SVG (*.svg)": ".svg",
+                   "TIFF image (*.tif *.tiff)": ".tif"}
+        path, chosen = QFileDialog.getSaveFileName(self, "Save figure", suggested, ";;".join(filters))
+        if path and not Path(path).suffix and chosen in filters:
+            path += filters[chosen]
+        return path
+
+    def _on_save(self) -> None:
+        from ._figure import _default_name, save_figure
+
+        info = None if self.layer is None else self.layer.metadata.get(META_LEGEND)
+        if info is None:
+            return
+        folder = self.last_figure.parent if self.last_figure is not None else Path.home()
+        path = self.ask_figure_path(str(folder / f"{_default_name(info)}.png"))
+        if not path:
+            return
+        try:
+            self.last_figure = save_figure(self.viewer, path, dpi=self.FIGURE_DPI, layer=self.layer)
+        except (ValueError, OSError) as err:
+            self.save_status.setStyleSheet("color: #d04040;")
+            self.save_status.setText(str(err))
+        else:
+            self.save_status.setStyleSheet("")
+            self.save_status.setText(f"Saved {self.last_figure.name}")
+            self.save_status.setToolTip(str(self.last_figure))
+        self.save_status.show()
 
     def _on_active(self, event: Any = None) -> None:
         layer = self.viewer.layers.selection.active
@@ -127,4 +223,4 @@ def ensure_legend(viewer: Any, layer: Any = None) -> SpotsLegend:
 
 
 __all__ = ["LEGEND_DOCK_NAME", "LegendWidget", "SpotsLegend", "colorbar_pixmap", "ensure_legend",
-           "find_legends", "is_spots_layer"]
+           "find_legends", "is_spots_layer", "show_scale_bar"]

@@ -169,7 +169,7 @@ class RegionsWidget(NarrowPanel):
         spots = self.spots_layer
         kwargs: dict[str, Any] = {}
         if spots is not None:
-            kwargs = {"scale": spots.scale[-2:], "translate": spots.translate[-2:]}
+            kwargs = {"scale": spots.scale[-2:], "translate": spots.translate[-2:], "units": spots.units[-2:]}
             kwargs["edge_width"] = max(1.0, float(np.mean(spots.size)) * 0.15) if len(spots.data) else 2.0
         layer = self.viewer.add_shapes(
             name=name,

@@ -22,7 +22,7 @@ from ..layers import (
     spot_values,
 )
 from ._compat import real
-from ._legend import ensure_legend, is_spots_layer
+from ._legend import ensure_legend, is_spots_layer, show_scale_bar
 
 
 def show(
@@ -69,6 +69,9 @@ def show(
     napari.Viewer
         From a script, call ``napari.run()`` afterwards to interact with the window. Regions saved
         with the AnnData (``uns['spatialdl_regions']``) are drawn as a Shapes layer over the spots.
+        When the µm size of a pixel is known (Visium grid or scale factors) world coordinates are
+        µm and napari's scale bar is shown; :func:`napari_spatialdl.save_figure` saves the canvas
+        with the legend and a scale bar as one figure.
     """
     import napari
 
@@ -91,6 +94,7 @@ def show(
         _native_colorbar(spots, info)
     viewer.layers.selection.active = spots
     viewer.reset_view()
+    show_scale_bar(viewer)  # world coordinates are µm when the pixel size is known
     if legend and colouring["color"] is not None and hasattr(viewer, "window"):
         ensure_legend(viewer, spots)
     return viewer
