@@ -156,3 +156,111 @@ def test_reopened_file_offers_its_results(make_napari_viewer, qtbot, tmp_path):
     assert not ann.inputs["reference"].is_self and ann.inputs["reference"].value() is None
     assert "Choose a reference" in ann.controls.reason.text()
     assert_layout(viewer, ann)
+
+
+def test_whole_workflow_from_the_sample_to_a_reopened_file(make_napari_viewer, qtbot, tmp_path):
+    """One sitting: the sample, all four tasks (two from the tabbed dock, two from their own docks),
+    one run cancelled, the spots saved through napari's writer, everything closed, the file opened
+    again (results offered, the colouring back), and a task run again on it. After every step: one
+    legend at most, the window within the screen, the canvas keeps its room, the result written
+    and visible on the tissue."""
+    from gui_helpers import (
+        add_panel,
+        assert_layout,
+        canvas_shot,
+        changed_at_spots,
+        click_run,
+        legend_docks,
+        plain_image,
+        plugin_viewer,
+        save_window,
+    )
+    from napari.layers import Points
+    from qtpy.QtCore import Qt
+
+    from napari_spatialdl._widgets._viewer import find_spots_layer
+
+    viewer = plugin_viewer(make_napari_viewer)
+    viewer.open_sample("napari-spatialdl", "synthetic_tissue")
+    spots = next(lyr for lyr in viewer.layers if isinstance(lyr, Points))
+    adata = spots.metadata["adata"]
+    viewer.reset_view()
+    plain = plain_image(viewer, spots)
+
+    def check(widget, key_present: bool, name: str) -> None:
+        assert key_present
+        assert len(legend_docks(viewer)) <= 1
+        assert_layout(viewer, widget)
+        assert changed_at_spots(viewer, find_spots_layer(viewer), plain, canvas_shot(viewer)) > 0.5
+        save_window(viewer, name)
+
+    # ---- tabbed dock: Integrate (the sections preselected) and Impute
+    dock = add_panel(viewer, "Spatial DL")
+    integ = dock.show_task("integrate")
+    assert integ.inputs["batch_key"].currentText() == "section"
+    integ.params.set(max_epochs=5)
+    click_run(qtbot, integ)
+    check(dock, "X_spatialdl" in adata.obsm, "workflow_1_integrate")
+    imp = dock.show_task("impute")
+    imp.params.set(max_epochs=3)
+    click_run(qtbot, imp)
+    check(dock, "spatialdl_imputed" in adata.layers, "workflow_2_impute")
+
+    # ---- own docks: Deconvolve, one run cancelled (nothing written), then run to the end; Annotate
+    deconv = add_panel(viewer, "Deconvolve")
+    deconv.params.set(max_epochs=100_000)
+    qtbot.mouseClick(deconv.run_button, Qt.MouseButton.LeftButton)
+    run = deconv.last_run
+    qtbot.waitUntil(lambda: len(run.events) >= 2, timeout=120_000)
+    qtbot.mouseClick(deconv.cancel_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: run.done, timeout=60_000)
+    assert run.cancelled and "spatialdl_proportions" not in adata.obsm
+    assert "Cancelled" in deconv.controls.loss.status
+    deconv.params.set(max_epochs=5)
+    click_run(qtbot, deconv)
+    check(deconv, "spatialdl_proportions" in adata.obsm, "workflow_3_deconvolve")
+    ann = add_panel(viewer, "Annotate")
+    ann.params.set(max_epochs=3, n_members=2)
+    click_run(qtbot, ann)
+    check(ann, "spatialdl_cell_type" in adata.obs, "workflow_4_annotate")
+    shown = np.asarray(spots.face_color).copy()
+    legend_key = spots.metadata["spatialdl_legend"].key
+    drawn_size = float(np.median(spots.size))
+
+    # ---- save through napari's writer, close everything, open the file again
+    path = tmp_path / "session.h5ad"
+    viewer.layers.selection.active = spots
+    viewer.layers.save(str(path), selected=True, plugin="napari-spatialdl")
+    assert path.exists()
+    viewer.layers.clear()
+    viewer.open(str(path), plugin="napari-spatialdl")
+    reopened = find_spots_layer(viewer)
+    back = reopened.metadata["adata"]
+    assert {"X_spatialdl", "spatialdl_proportions"} <= set(back.obsm) and "spatialdl_imputed" in back.layers
+    # the spots come back coloured as they were saved, with their legend
+    assert reopened.metadata["spatialdl_legend"].key == legend_key
+    # (the colours; the Annotate view's opacity-by-confidence is redrawn by 'Show on the tissue')
+    np.testing.assert_allclose(np.asarray(reopened.face_color)[:, :3], shown[:, :3], atol=1e-6)
+    assert len(legend_docks(viewer)) <= 1
+    # ... at the size they were drawn at (larger than their true size, to be read), the image dimmed
+    assert float(np.median(reopened.size)) == pytest.approx(drawn_size, rel=1e-3)
+    image = next(lyr for lyr in viewer.layers if lyr.metadata.get("spatialdl_image"))
+    assert image.opacity < 0.5
+    # every panel offers the result already in the file
+    for widget in (deconv, ann, dock.show_task("integrate"), dock.show_task("impute")):
+        widget.refresh()
+        assert widget.results.show_button.isEnabled(), widget.title
+        assert "in the data" in widget.results.status.text(), (widget.title, widget.results.status.text())
+    assert_layout(viewer, deconv)
+    save_window(viewer, "workflow_5_reopened")
+
+    # ---- and a task runs again on the reopened data: a second deconvolution needs a reference,
+    # which a file does not carry, so integrate again (another method, beside the first)
+    integ = dock.show_task("integrate")
+    integ.set_method("pca")
+    click_run(qtbot, integ)
+    assert {"X_spatialdl", "X_spatialdl_pca"} <= set(back.obsm)
+    assert integ.results.which.count() == 2
+    assert len(legend_docks(viewer)) <= 1
+    assert_layout(viewer, dock)
+    save_window(viewer, "workflow_6_run_again")

@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..io import SpatialDataError
 
 COORD_NAMES = ("coords.csv", "coordinates.csv", "spatial.csv", "positions.csv")
@@ -63,6 +65,10 @@ def _csv_partner(p: Path, names: Sequence[str]) -> Path | None:
     return None
 
 
+#: spots layer metadata: their true size when drawn larger to be read (``_widgets._overlay``)
+TRUE_SIZE = "spatialdl_true_size"
+
+
 def _spatial_layers(adata: Any) -> list[LayerData]:
     from ..layers import spatial_layers
 
@@ -71,11 +77,27 @@ def _spatial_layers(adata: Any) -> list[LayerData]:
 
 def _saved_layers(adata: Any) -> list[LayerData]:
     """The layers of a saved AnnData as it was shown: coloured as recorded, with its regions."""
-    from ..layers import saved_display, spatial_layers
+    from ..layers import (
+        DIMMED_IMAGE_OPACITY,
+        DISPLAY_KEY,
+        META_DIMMED,
+        saved_display,
+        spatial_layers,
+    )
     from ..regions import regions_layer_data
 
-    layers = spatial_layers(adata, **(saved_display(adata) or {}))
+    display = saved_display(adata)
+    layers = spatial_layers(adata, **(display or {}))
     points = next(kwargs for _, kwargs, kind in layers if kind == "points")
+    factor = adata.uns.get(DISPLAY_KEY, {}).get("size_factor") if display else None
+    if factor is not None and np.isfinite(float(factor)) and float(factor) > 1 and "size" in points:
+        points.setdefault("metadata", {})[TRUE_SIZE] = float(np.median(np.asarray(points["size"], dtype=float)))
+        points["size"] = np.asarray(points["size"], dtype=float) * float(factor)
+    if display:  # coloured again: the image dimmed as when the colours were shown
+        for _, kwargs, kind in layers:
+            if kind == "image" and kwargs.get("metadata", {}).get("spatialdl_image"):
+                kwargs["opacity"] = min(kwargs.get("opacity", 1.0), DIMMED_IMAGE_OPACITY)
+                kwargs["metadata"][META_DIMMED] = True
     return layers + regions_layer_data(adata, points)
 
 
@@ -216,7 +238,13 @@ def write_h5ad(path: str, layer_data: Any, attributes: dict | None = None) -> li
     adata, attrs = _find_spots(layer_data)
     if adata.is_view:  # a view would turn into a copy of its own when its uns is set
         adata = adata.copy()
-    record = display_record((attrs.get("metadata") or {}).get(META_COLOR))
+    metadata = attrs.get("metadata") or {}
+    record = display_record(metadata.get(META_COLOR))
+    true_size = metadata.get(TRUE_SIZE)
+    if record is not None and true_size and attrs.get("size") is not None:  # spots drawn larger to read
+        factor = float(np.median(np.asarray(attrs["size"], dtype=float))) / float(true_size)
+        if np.isfinite(factor) and factor > 1:
+            record["size_factor"] = factor
     missing = object()
     before = adata.uns.get(DISPLAY_KEY, missing)
     if record is not None:

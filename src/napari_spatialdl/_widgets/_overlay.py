@@ -18,13 +18,11 @@ from typing import Any
 import numpy as np
 from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
+from ..layers import DIMMED_IMAGE_OPACITY
+from ..layers import META_DIMMED as _DIMMED
 from ..tasks import get_spec, list_methods, run_records
 from ._compat import real
 
-#: opacity of the tissue image while results are shown (the stain's pinks and purples otherwise
-#: compete with the colours of the result)
-DIMMED_IMAGE_OPACITY = 0.45
-_DIMMED = "spatialdl_dimmed"
 _BORDER_META = "spatialdl_default_border"
 NO_RESULT = "No result yet: press Run above."
 
@@ -39,8 +37,47 @@ def dim_images(viewer: Any) -> None:
             layer.opacity = min(layer.opacity, DIMMED_IMAGE_OPACITY)
 
 
+#: smallest on-screen diameter (screen pixels, at the zoom a result is first shown at) at which a
+#: spot's colour reads; smaller spots are drawn larger, up to touching their neighbours
+MIN_SPOT_SCREEN_PX = 8.0
+_ENLARGED = "spatialdl_true_size"  # = _napari._npe2.TRUE_SIZE (a saved file keeps the enlargement)
+
+
+def readable_spot_size(viewer: Any, layer: Any, min_px: float = MIN_SPOT_SCREEN_PX) -> float | None:
+    """Draw ``layer``'s spots at least ``min_px`` screen pixels wide at the current zoom, but never
+    wider than the spacing of their centres (then they touch, as a filled map), once per layer.
+
+    Many spots on a canvas beside the docks come out a few pixels wide at their true size, and a
+    colour on a 4-pixel dot over a stained image cannot be read. The true size is kept in
+    ``layer.metadata['spatialdl_true_size']`` (the point-size slider changes it back at will).
+    Returns the new size (data units), or None when the spots were left as they are.
+    """
+    if layer.metadata.get(_ENLARGED) is not None or len(layer.data) < 2:
+        return None
+    sizes = np.asarray(layer.size, dtype=float).ravel()
+    size = float(np.median(sizes)) if sizes.size else 0.0
+    scale = float(np.mean(np.abs(np.asarray(layer.scale, dtype=float)[-2:])))
+    zoom = float(viewer.camera.zoom)  # screen pixels per world unit
+    if size <= 0 or scale <= 0 or zoom <= 0 or size * scale * zoom >= min_px:
+        return None
+    from scipy.spatial import cKDTree
+
+    points = np.asarray(layer.data, dtype=float)[:, -2:]
+    rng = np.random.default_rng(0)
+    probe = points[rng.choice(len(points), min(len(points), 2000), replace=False)]
+    distances, _ = cKDTree(points).query(probe, k=2)
+    spacing = float(np.median(distances[:, 1]))
+    new = min(spacing, min_px / (scale * zoom))
+    if not np.isfinite(new) or new <= size:
+        return None
+    layer.metadata[_ENLARGED] = size
+    layer.size = new
+    return new
+
+
 def color_by(viewer: Any, layer: Any, key: str, **kwargs: Any) -> Any:
-    """Recolour ``layer`` by ``key`` (:func:`._viewer.color_spots`), show the legend, dim the image."""
+    """Recolour ``layer`` by ``key`` (:func:`._viewer.color_spots`), show the legend, dim the image,
+    and draw too-small spots at a size that reads (:func:`readable_spot_size`)."""
     from ._legend import ensure_legend
     from ._viewer import color_spots
 
@@ -50,6 +87,7 @@ def color_by(viewer: Any, layer: Any, key: str, **kwargs: Any) -> Any:
         from qtpy.QtCore import QTimer
 
         dim_images(viewer)
+        readable_spot_size(viewer, layer)
         legend = ensure_legend(viewer, layer)
         fit_dock_height(legend)
         QTimer.singleShot(0, lambda: _fit_later(legend))  # again once its layout has settled
