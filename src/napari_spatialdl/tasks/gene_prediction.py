@@ -65,7 +65,7 @@ def _frame(values: np.ndarray, data: ImputationInputs, genes: pd.Index) -> pd.Da
 def predict_transfer(data: ImputationInputs, *, genes: list[str] | str = "all", include_measured: bool = False,
                      labels_key: ReferenceLabels | None = None, n_topics: int = 64, hidden: int = 256,
                      mask_rate: float = 0.25, finetune: bool = True, max_epochs: int = 200,
-                     finetune_epochs: int = 100, batch_size: int = 128, lr: float = 3e-3,
+                     finetune_epochs: int = 50, batch_size: int = 256, lr: float = 3e-3,
                      patience: int = 10, dense: bool | Literal["auto"] = "auto") -> TaskGen:
     """Predict unmeasured genes with the native transfer model.
 
