@@ -27,6 +27,10 @@ Usage::
     python benchmarks/scale.py --sizes 10000,100000 --epochs 2
     python benchmarks/scale.py --sizes 1000000 --epochs 1 --tasks deconvolve --device cuda
     python benchmarks/scale.py --sizes 10000 --methods spatialdl,nnls --no-tools
+    xvfb-run -a -s "-screen 0 1600x1200x24" python benchmarks/scale.py --display --sizes 10000,100000
+
+``--display``: the display rows instead (open, recolour by a gene / a category, hover, worst
+event-loop stall of a scripted pan/zoom) on synthetic Visium HD-like bins; see the display section.
 """
 
 from __future__ import annotations
@@ -301,6 +305,234 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+
+# ------------------------------------------------------------------------ display (--display)
+#
+# Opening, drawing, recolouring and moving around n observations in napari (under a display:
+# run under xvfb-run). Data: synthetic Visium HD-like bins on a square grid (8 µm bins, a hires
+# image), sparse CSR counts drawn fast (not the tissue simulator above): each bin has about
+# --nnz-per-obs stored genes drawn from a heavy-tailed gene popularity, with negative-binomial
+# counts (>= 1); a categorical 'cell_type' in spatial domains. Every size runs in a fresh process
+# (its own peak RSS).
+
+BIN_PX = 29.2  # full-resolution pixels per 8 µm bin (0.274 µm per pixel, as Visium HD)
+HIRES_SIDE = 2000
+
+
+def display_adata(n_obs: int, n_genes: int, nnz_per_obs: int, seed: int):
+    """Seeded synthetic bins: (n_obs x n_genes) CSR float32 counts, grid positions, an image."""
+    import pandas as pd
+    import scipy.sparse as sp
+    from anndata import AnnData
+
+    rng = np.random.default_rng([seed, n_obs, n_genes, nnz_per_obs])
+    popularity = rng.lognormal(0.0, 1.5, n_genes)
+    cdf = np.cumsum(popularity / popularity.sum())
+    cdf[-1] = 1.0
+    table_bits = 20  # gene draws through a lookup table of the popularity's quantiles
+    lookup = np.minimum(np.searchsorted(cdf, (np.arange(1 << table_bits) + 0.5) / (1 << table_bits)),
+                        n_genes - 1).astype(np.int32)
+    pool = (1 + rng.negative_binomial(2, 0.4, 1 << 20)).astype(np.float32)  # NB counts, >= 1
+    indices, counts = [], []
+    chunk = max(1, 20_000_000 // max(nnz_per_obs, 1))
+    for start in range(0, n_obs, chunk):
+        m = min(chunk, n_obs - start)
+        cols = lookup[rng.integers(0, 1 << table_bits, (m, nnz_per_obs), dtype=np.int64)]
+        cols.sort(axis=1)
+        keep = np.ones(cols.shape, dtype=bool)
+        keep[:, 1:] = cols[:, 1:] != cols[:, :-1]
+        counts.append(keep.sum(axis=1))
+        indices.append(cols[keep])
+    indptr = np.zeros(n_obs + 1, dtype=np.int64)
+    np.cumsum(np.concatenate(counts), out=indptr[1:])
+    indices = np.concatenate(indices)
+    data = pool[rng.integers(0, len(pool), len(indices))]
+    X = sp.csr_matrix((data, indices, indptr), shape=(n_obs, n_genes))
+
+    side = int(np.ceil(np.sqrt(n_obs)))
+    row, col = np.divmod(np.arange(n_obs), side)
+    xy = (np.stack([col, row], axis=1).astype(np.float64) + 0.5) * BIN_PX
+    # 12 cell types in spatial domains (blocks of a coarse random field), as tissue would have them
+    block = max(1, side // 24)
+    domains = rng.integers(0, N_TYPES, (side // block + 1, side // block + 1))
+    label = domains[row // block, col // block]
+    obs = pd.DataFrame({"cell_type": pd.Categorical.from_codes(label, [f"type_{t}" for t in range(N_TYPES)]),
+                        "total_counts": np.asarray(X.sum(axis=1)).ravel()},
+                       index=[f"b{i}" for i in range(n_obs)])
+    adata = AnnData(X, obs=obs, var=pd.DataFrame(index=[f"g{i}" for i in range(n_genes)]))
+    adata.obsm["spatial"] = xy
+    scalef = HIRES_SIDE / (side * BIN_PX)
+    yy, xx = np.mgrid[0:HIRES_SIDE, 0:HIRES_SIDE]
+    img = np.stack([200 + 40 * np.sin(xx / 90.0), 150 + 50 * np.cos(yy / 70.0), 190 + 0 * xx], axis=2)
+    adata.uns["spatial"] = {"lib": {"images": {"hires": img.astype(np.uint8)},
+                                    "scalefactors": {"tissue_hires_scalef": scalef,
+                                                     "spot_diameter_fullres": BIN_PX}}}
+    # the layout of napari_spatialdl.read_visium_hd: bins are squares of a known side
+    adata.uns["spatialdl_spatialdata"] = {"shape": "square"}
+    adata.obs["spatialdl_size_fullres"] = BIN_PX
+    return adata
+
+
+def display_dataset(cache: Path, n_obs: int, n_genes: int, nnz_per_obs: int, seed: int) -> Path:
+    path = cache / f"display_{n_obs}_{n_genes}_{nnz_per_obs}_{seed}.h5ad"
+    if not path.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.h5ad")
+        display_adata(n_obs, n_genes, nnz_per_obs, seed).write_h5ad(tmp)
+        tmp.rename(path)
+    return path
+
+
+def display_child(spec: dict) -> dict:
+    """One size: open (read + show + first draw), recolours, hover, a scripted pan/zoom."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    if spec.get("code"):
+        sys.path.insert(0, spec["code"])
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    import napari_spatialdl as sdl
+    from napari_spatialdl._widgets._viewer import color_spots, find_spots_layer
+
+    def settle() -> None:  # the pending events, the repaint among them
+        for _ in range(3):
+            QApplication.processEvents()
+
+    def timed(action) -> float:
+        start = time.perf_counter()
+        action()
+        settle()
+        return time.perf_counter() - start
+
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1280, 800)
+    settle()
+    out: dict = {"code": "before" if spec.get("code") else "now"}
+    t0 = time.perf_counter()
+    adata = sdl.read_h5ad(spec["path"])
+    t1 = time.perf_counter()
+    sdl.show(adata, viewer)
+    t2 = time.perf_counter()
+    settle()
+    t3 = time.perf_counter()
+    out.update(read_s=t1 - t0, show_s=t2 - t1, first_draw_s=t3 - t2, open_s=t3 - t0,
+               input_csr_mb=csr_mb(adata.X), rss_after_open_mb=_peak_rss_mb())
+    layer = find_spots_layer(viewer)
+    genes = [str(g) for g in adata.var_names[np.argsort(-np.asarray(adata.X[:2000].sum(axis=0)).ravel())[:4]]]
+
+    def recolour(key):
+        start = time.perf_counter()
+        color_spots(layer, key)
+        called = time.perf_counter() - start
+        settle()
+        return called, time.perf_counter() - start
+
+    out["gene_first_s"], out["gene_first_drawn_s"] = recolour(genes[0])
+    runs = [recolour(g) for g in genes[1:]]
+    out["gene_s"] = float(np.median([r[0] for r in runs]))
+    out["gene_drawn_s"] = float(np.median([r[1] for r in runs]))
+    out["category_first_s"], out["category_first_drawn_s"] = recolour("cell_type")
+    runs = [recolour(k) for k in ("total_counts", "cell_type", "cell_type")]
+    out["category_s"] = float(np.median([r[0] for r in runs[1:]]))
+    out["category_drawn_s"] = float(np.median([r[1] for r in runs[1:]]))
+
+    # hover: the status bar names the barcode and the value of the spot under the cursor
+    i = len(layer.data) // 2 + 7
+    viewer.layers.selection.active = layer
+    viewer.mouse_over_canvas = True
+    start = time.perf_counter()
+    viewer.cursor.position = tuple(layer.data_to_world(layer.data[i]))
+    viewer.update_status_from_cursor()
+    out["hover_s"] = time.perf_counter() - start
+    status = str(viewer.status)
+    out["hover_ok"] = adata.obs_names[i] in status and f"cell_type: {adata.obs['cell_type'].iloc[i]}" in status
+
+    # scripted pan/zoom: zoom in x1.5 steps to 40x, pan across, zoom out; worst step (incl. draw)
+    viewer.reset_view()
+    settle()
+    fit_zoom = float(viewer.camera.zoom)
+    steps: list[float] = []
+    zoom = fit_zoom
+    while zoom < 40 * fit_zoom:
+        zoom *= 1.5
+        steps.append(timed(lambda z=zoom: setattr(viewer.camera, "zoom", z)))
+    height, width = viewer.canvas.size
+    for _ in range(12):
+        center = np.asarray(viewer.camera.center, dtype=float)
+        center[-1] += 0.3 * width / viewer.camera.zoom
+        steps.append(timed(lambda c=tuple(center): setattr(viewer.camera, "center", c)))
+    while zoom > fit_zoom:
+        zoom /= 1.5
+        steps.append(timed(lambda z=zoom: setattr(viewer.camera, "zoom", z)))
+    for _ in range(6):  # pan at the full view
+        center = np.asarray(viewer.camera.center, dtype=float)
+        center[-2] += 0.05 * height / viewer.camera.zoom
+        steps.append(timed(lambda c=tuple(center): setattr(viewer.camera, "center", c)))
+    out.update(worst_stall_s=float(max(steps)), median_step_s=float(np.median(steps)), n_steps=len(steps),
+               peak_rss_mb=_peak_rss_mb())
+    viewer.close()
+    return out
+
+
+DISPLAY_COLUMNS = [
+    ("read_s", "read s"), ("show_s", "show s"), ("first_draw_s", "first draw s"), ("open_s", "open s"),
+    ("gene_first_s", "gene 1st s"), ("gene_s", "gene s"), ("gene_drawn_s", "gene+draw s"),
+    ("category_first_s", "category 1st s"), ("category_s", "category s"),
+    ("category_drawn_s", "category+draw s"), ("hover_s", "hover s"), ("worst_stall_s", "worst pan/zoom stall s"),
+    ("median_step_s", "median pan/zoom step s"), ("peak_rss_mb", "peak RSS MB"), ("input_csr_mb", "CSR MB"),
+]
+
+
+def display_table(rows: list[dict]) -> str:
+    head = "| n obs | code | " + " | ".join(title for _, title in DISPLAY_COLUMNS) + " | hover ok | note |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        res = r["result"]
+        cells = [_fmt(res.get(k), ".0f" if k.endswith("_mb") else ".3f") for k, _ in DISPLAY_COLUMNS]
+        note = res.get("skipped") or res.get("error") or ""
+        lines.append(f"| {r['size']:,} | {res.get('code', r.get('code', ''))} | " + " | ".join(cells)
+                     + f" | {res.get('hover_ok', '')} | {note} |")
+    return "\n".join(lines)
+
+
+def display_main(args) -> int:
+    cache = Path(args.cache)
+    rows = []
+    codes = [None] + ([args.before_code] if args.before_code else [])
+    for n in [int(float(s)) for s in args.sizes.split(",")]:
+        path = display_dataset(cache, n, args.genes, args.nnz_per_obs, args.seed)
+        for code in codes:
+            if code and n > args.before_max:
+                continue
+            spec = {"path": str(path), "code": code}
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--display-child", json.dumps(spec)]
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout,
+                                      env=dict(os.environ, PYTHONWARNINGS="ignore"))
+                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+                result = json.loads(lines[-1]) if lines and not proc.returncode else {
+                    "error": f"exit {proc.returncode}: {(proc.stderr.strip().splitlines() or ['?'])[-1][:200]}"}
+            except subprocess.TimeoutExpired:
+                result = {"skipped": f"stopped after the {args.timeout:.0f} s time limit"}
+            result.setdefault("code", "before" if code else "now")
+            rows.append({"size": n, "result": result})
+            print(f"{n:>8} {result['code']:<7} {json.dumps(result)}", flush=True)
+    date = _dt.date.today().isoformat()
+    text = (f"# Display benchmark ({date})\n\n`xvfb-run -a -s \"-screen 0 1600x1200x24\" python benchmarks/scale.py "
+            f"--display --sizes {args.sizes} --genes {args.genes} --nnz-per-obs {args.nnz_per_obs}"
+            + (f" --before-code {args.before_code} --before-max {args.before_max}" if args.before_code else "")
+            + f"`\n\nMachine: {os.cpu_count()} CPU cores, {_mem_available_mb() / 1e3:.0f} GB available.\n\n"
+            + display_table(rows) + "\n")
+    out = Path(args.out) if args.out else HERE / "results" / f"display_{date}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+    print("\n" + text + f"\nwritten {out} (+ .json)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,100000,1000000")
@@ -317,10 +549,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-tools", action="store_true", help="native methods and baselines only")
     parser.add_argument("--out", default=None, help="markdown path (default results/scale_<date>.md)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--display", action="store_true",
+                        help="the display rows (open, recolour, hover, pan/zoom) instead of the tasks; run under xvfb-run")
+    parser.add_argument("--nnz-per-obs", type=int, default=180, help="display: stored genes per observation (1%% of 18k)")
+    parser.add_argument("--before-code", default=None,
+                        help="display: also run the code in this folder (its napari_spatialdl, e.g. a `git archive` of an older commit)")
+    parser.add_argument("--before-max", type=int, default=100_000, help="display: largest size run with --before-code")
+    parser.add_argument("--display-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return 0
+    if args.display_child:
+        print(json.dumps(display_child(json.loads(args.display_child))))
+        return 0
+    if args.display:
+        return display_main(args)
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     tasks = [t.strip() for t in args.tasks.split(",")]
     unknown = sorted(set(tasks) - set(METHODS))

@@ -23,6 +23,7 @@ name, or an integer index for arrays), e.g. ``"spatialdl_proportions:Astrocyte"`
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -163,7 +164,9 @@ def _is_categorical_series(values: pd.Series) -> bool:
 def _from_series(values: pd.Series, what: str) -> tuple[pd.Categorical | np.ndarray, Kind]:
     if _is_categorical_series(values):
         if isinstance(values.dtype, pd.CategoricalDtype):
-            cat = pd.Categorical(values.to_numpy(), dtype=values.dtype)
+            # the column's own codes (a copy): no object array of labels, no re-encoding
+            cat = values.array.copy() if isinstance(values.array, pd.Categorical) else pd.Categorical(
+                values.to_numpy(), dtype=values.dtype)
         else:
             non_null = values[values.notna()]
             cat = pd.Categorical(values.to_numpy(), categories=sorted(non_null.unique(), key=str))
@@ -194,11 +197,72 @@ def _gene_values(adata: Any, gene: str, layer: str | None) -> np.ndarray:
         where = f"adata.layers[{layer!r}]"
     if matrix is None:
         raise ColorKeyError(f"{where} is empty, so gene {gene!r} has no values to colour by.")
-    column = matrix[:, idx]
-    if sp.issparse(column):
-        column = column.toarray()
-    column = np.asarray(column, dtype=np.float64).ravel()
-    return column
+    return matrix_column(matrix, int(idx))
+
+
+#: CSR entries scanned per block when looking for one column (a block of indices stays in cache)
+_SCAN_BLOCK = 1 << 20
+#: CSR matrices with more stored entries than this are scanned by several threads
+_PARALLEL_SCAN = 16_000_000
+
+
+def _scan_column(indices: np.ndarray, j: int, start: int, stop: int) -> np.ndarray:
+    found = [np.flatnonzero(indices[s : min(stop, s + _SCAN_BLOCK)] == j) + s
+             for s in range(start, stop, _SCAN_BLOCK)]
+    return np.concatenate(found) if found else np.zeros(0, dtype=np.intp)
+
+
+def _csr_column_positions(indices: np.ndarray, j: int) -> np.ndarray:
+    """Positions of the entries of column ``j`` in a CSR ``indices`` array (ascending)."""
+    nnz = len(indices)
+    workers = min(4, os.cpu_count() or 1) if nnz > _PARALLEL_SCAN else 1
+    if workers == 1:
+        return _scan_column(indices, j, 0, nnz)
+    from concurrent.futures import ThreadPoolExecutor
+
+    bounds = np.linspace(0, nnz, workers + 1).astype(np.int64)
+    with ThreadPoolExecutor(workers) as pool:  # numpy's comparisons release the GIL
+        parts = list(pool.map(lambda b: _scan_column(indices, j, int(b[0]), int(b[1])),
+                              zip(bounds[:-1], bounds[1:])))
+    return np.concatenate(parts)
+
+
+def matrix_column(matrix: Any, j: int) -> np.ndarray:
+    """Column ``j`` of an observations x genes matrix as float64, without densifying the matrix.
+
+    CSC: the column's slice. CSR: one vectorised pass over the stored column indices (blocks,
+    several threads for large matrices), then the rows found from ``indptr``; duplicate entries
+    are summed as ``toarray`` would. Dense arrays: the column. Anything else (backed/lazy
+    matrices): ``matrix[:, j]``, then that one column made dense.
+
+    Parameters
+    ----------
+    matrix
+        ``adata.X`` or an ``adata.layers`` entry.
+    j
+        Column index.
+    """
+    n = matrix.shape[0]
+    fmt = getattr(matrix, "format", None) if sp.issparse(matrix) else None
+    if fmt == "csc":
+        start, stop = int(matrix.indptr[j]), int(matrix.indptr[j + 1])
+        rows, vals = np.asarray(matrix.indices[start:stop]), np.asarray(matrix.data[start:stop])
+    elif fmt == "csr":
+        pos = _csr_column_positions(np.asarray(matrix.indices), j)
+        rows = np.searchsorted(np.asarray(matrix.indptr), pos, side="right") - 1
+        vals = np.asarray(matrix.data)[pos]
+    elif isinstance(matrix, np.ndarray):
+        return np.asarray(matrix[:, j], dtype=np.float64).ravel()
+    else:
+        column = matrix[:, j]
+        if sp.issparse(column):  # one column: its own CSC form, then as above
+            return matrix_column(sp.csc_matrix(column.reshape((n, 1))), 0)
+        return np.asarray(column, dtype=np.float64).ravel()
+    if len(rows) and np.all(np.diff(rows) > 0):  # canonical (no duplicates): place the values
+        out = np.zeros(n, dtype=np.float64)
+        out[rows] = vals
+        return out
+    return np.bincount(rows, weights=np.asarray(vals, dtype=np.float64), minlength=n).astype(np.float64)
 
 
 def _prediction_factors_key(adata: Any, obsm_key: str) -> str | None:
@@ -514,7 +578,14 @@ def color_for(
     span = hi - lo
     # one value everywhere: the low end of the colormap (not a mid colour that reads as "medium")
     scaled = np.clip((x - lo) / span, 0.0, 1.0) if span > 0 else np.zeros_like(x)
-    rgba = np.asarray(colormap(np.where(finite, scaled, 0.0)), dtype=np.float32)
+    # the colormap's own lookup table, indexed as matplotlib does (int(x * N), 1.0 -> N - 1):
+    # the same colours as colormap(scaled), without its float64 (n, 4) intermediate
+    size = int(colormap.N)
+    lut = np.asarray(colormap(np.arange(size) / max(size - 1, 1)), dtype=np.float32)
+    index = np.where(finite, scaled, 0.0)
+    index *= size
+    index = np.minimum(index.astype(np.intp), size - 1)
+    rgba = lut[index]
     rgba[~finite] = _to_rgba([NA_COLOR])[0]
     note = ""
     if finite.any() and float(x[finite].min()) == float(x[finite].max()):

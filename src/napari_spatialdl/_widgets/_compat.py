@@ -26,6 +26,7 @@ TESTED: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "main_window": ((0, 5, 0), (0, 11, 0)),
     "activity_indicator": ((0, 5, 0), (0, 11, 0)),
     "gl_canvas": ((0, 5, 0), (0, 11, 0)),
+    "points_shown_2d": ((0, 9, 0), (0, 11, 0)),
 }
 
 _warned: set[str] = set()
@@ -140,5 +141,70 @@ def gl_renderer_of(main: Any) -> str:
         return ""
 
 
+_SHOWN_POINTS: Any = None
+
+
+def shown_points_class() -> Any:
+    """A napari ``Points`` subclass that draws only its ``shown`` points in 2D too, or None.
+
+    napari slices a 2D Points layer to all its points, whatever ``shown`` says (its slice request
+    returns every index when no dimension is sliced), so every point is re-sent to the GPU on
+    every colour change and drawn on every frame. The level of detail of large spots layers
+    (:mod:`._overview`) needs ``shown`` to limit what is drawn: this subclass wraps the layer's
+    slice request (``Points._get_layer_slicing_state``, ``_PointsSlicingState``,
+    ``_PointSliceRequest``: private napari classes) to keep the shown points only. Its class name
+    is ``Points``, so napari's layer type string (writers, controls) stays ``"points"``.
+    """
+    global _SHOWN_POINTS
+    if _SHOWN_POINTS is not None or not supported("points_shown_2d"):
+        return _SHOWN_POINTS
+    try:
+        import dataclasses
+
+        import numpy as np
+        from napari.layers import Points as _NapariPoints
+        from napari.layers.points._slice import _PointSliceRequest
+        from napari.layers.points.points import _PointsSlicingState
+    except ImportError:
+        _changed("points_shown_2d", "napari.layers.points._slice / points.points")
+        return None
+    fields = {f.name for f in dataclasses.fields(_PointSliceRequest)}
+    if not {"slice_input", "shown", "size"} <= fields or not hasattr(_NapariPoints, "_get_layer_slicing_state"):
+        _changed("points_shown_2d", "the Points slice request")
+        return None
+
+    @dataclasses.dataclass(frozen=True)
+    class _ShownRequest(_PointSliceRequest):
+        def __call__(self) -> Any:
+            response = super().__call__()
+            if list(self.slice_input.not_displayed):
+                return response  # napari applied ``shown`` itself
+            shown = np.asarray(self.shown, dtype=bool)
+            indices = np.asarray(response.indices)
+            if shown.all() or not len(indices):
+                return response
+            keep = shown[indices]
+            size = np.asarray(response.size)
+            return dataclasses.replace(response, indices=indices[keep],
+                                       size=size[keep] if size.ndim and len(size) == len(keep) else size)
+
+    class _ShownSlicingState(_PointsSlicingState):
+        def make_slice_request_internal(self, slice_input: Any, data_slice: Any) -> Any:
+            request = super().make_slice_request_internal(slice_input, data_slice)
+            return _ShownRequest(**{f.name: getattr(request, f.name) for f in dataclasses.fields(request)
+                                    if f.init})
+
+    class Points(_NapariPoints):  # the same name: napari's layer type string stays "points"
+        __doc__ = _NapariPoints.__doc__
+
+        def _get_layer_slicing_state(self, data: Any, cache: bool) -> Any:
+            return _ShownSlicingState(layer=self, data=data, cache=cache)
+
+    Points.__module__ = __name__
+    Points.__qualname__ = "Points"
+    _SHOWN_POINTS = Points
+    return _SHOWN_POINTS
+
+
 __all__ = ["TESTED", "activity_indicators", "gl_canvas", "gl_renderer_of", "main_window",
-           "napari_version", "real", "supported"]
+           "napari_version", "real", "shown_points_class", "supported"]

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..io._spatialdata import LINK_KEY, SIZE_KEY
 from ..layers import (
     BARCODE,
     META_ADATA,
@@ -21,8 +22,9 @@ from ..layers import (
     spot_colors,
     spot_values,
 )
-from ._compat import real
+from ._compat import real, shown_points_class
 from ._legend import ensure_legend, is_spots_layer, show_scale_bar
+from ._overview import attach_overview, needs_overview
 
 
 def show(
@@ -71,7 +73,9 @@ def show(
         with the AnnData (``uns['spatialdl_regions']``) are drawn as a Shapes layer over the spots.
         When the µm size of a pixel is known (Visium grid or scale factors) world coordinates are
         µm and napari's scale bar is shown; :func:`napari_spatialdl.save_figure` saves the canvas
-        with the legend and a scale bar as one figure.
+        with the legend and a scale bar as one figure. Visium HD bins are drawn as squares of their
+        side. More than 50,000 spots are drawn through an overview image while zoomed out and as
+        markers only for the spots in view up close (``napari_spatialdl._widgets._overview``).
     """
     import napari
 
@@ -85,19 +89,62 @@ def show(
                           features=features, **colouring)
     data += regions_layer_data(adata, data[-1][1])
     viewer = real(viewer) if viewer is not None else (napari.current_viewer() or napari.Viewer())
+    points_kwargs = next(kwargs for _, kwargs, kind in data if kind == "points")
+    _true_geometry(adata, points_kwargs)
+    # many spots: a Points layer that draws only its shown spots, under an overview image
+    culled = shown_points_class() if needs_overview(adata.n_obs) else None
+    if culled is not None:
+        points_kwargs["shown"] = False  # the overview draws them; no million markers on the first frame
     added = []
     for layer_data, kwargs, layer_type in data:
-        added.append(getattr(viewer, f"add_{layer_type}")(layer_data, **kwargs))
+        if layer_type == "points" and culled is not None:
+            added.append(viewer.add_layer(culled(layer_data, **kwargs)))
+        else:
+            added.append(getattr(viewer, f"add_{layer_type}")(layer_data, **kwargs))
     spots = next(lyr for lyr, (_, _, kind) in zip(added, data) if kind == "points")
     info = spots.metadata.get(META_LEGEND)
     if info is not None and info.kind == "numeric":
         _native_colorbar(spots, info)
+    overview = attach_overview(viewer, spots) if culled is not None else None
     viewer.layers.selection.active = spots
     viewer.reset_view()
+    if overview is not None:
+        overview.update_view()
     show_scale_bar(viewer)  # world coordinates are µm when the pixel size is known
     if legend and colouring["color"] is not None and hasattr(viewer, "window"):
         ensure_legend(viewer, spots)
     return viewer
+
+
+#: squares are drawn this much larger than their side (no rasterisation seams between bins)
+SQUARE_OVERLAP = 1.001
+
+
+def _true_geometry(adata: Any, points_kwargs: dict) -> None:
+    """Squares (Visium HD bins) drawn as squares of their side, without rim or antialiasing (bins tile).
+
+    The SpatialData readers record the shape in ``uns['spatialdl_spatialdata']['shape']`` and
+    each observation's size in ``obs['spatialdl_size_fullres']`` (full-resolution pixels); the
+    points are in pixels of the image shown (``metadata['scalefactor']`` of full resolution).
+    """
+    link = adata.uns.get(LINK_KEY) if hasattr(adata, "uns") else None
+    if not isinstance(link, dict) or link.get("shape") != "square":
+        return
+    points_kwargs["symbol"] = "square"
+    points_kwargs["border_width"] = 0.0
+    points_kwargs["antialiasing"] = 0.0  # antialiased edges leave a seam between adjacent bins
+    sizes = None
+    if SIZE_KEY in adata.obs:
+        scalef = float(points_kwargs.get("metadata", {}).get("scalefactor") or 1.0)
+        sizes = adata.obs[SIZE_KEY].to_numpy(dtype=np.float64) * scalef
+        if not (len(sizes) and np.isfinite(sizes).all() and (sizes > 0).all()):
+            sizes = None
+    if sizes is None:
+        sizes = np.atleast_1d(np.asarray(points_kwargs.get("size", 1.0), dtype=np.float64))
+    # one size for all (a bin size), else each its own; 0.1 % larger than the side, so that
+    # adjacent bins leave no seam where the rasteriser rounds a shared edge away from both
+    same = np.ptp(sizes) <= 1e-6 * float(sizes.max())
+    points_kwargs["size"] = float(sizes[0]) * SQUARE_OVERLAP if same else sizes * SQUARE_OVERLAP
 
 
 def spots_layers(viewer: Any, adata: Any = None) -> list[Any]:
@@ -209,22 +256,56 @@ def color_spots(
 
     pinned = list(layer.metadata.get(META_PINNED, []))
     pinned += [str(k) for k in features if str(k) not in pinned]
-    table = pd.DataFrame({BARCODE: np.asarray(adata.obs_names, dtype=object)})
-    for extra in pinned:
-        if extra != str(key):
-            table[extra] = feature_column(spot_values(adata, extra)[0])
-    table[str(key)] = feature_column(values)
-
     layer.metadata[META_PINNED] = pinned
     layer.metadata[META_LEGEND] = info
     layer.metadata[META_COLOR] = {"key": str(key), "layer": layer_key, "cmap": cmap,
                                   "contrast_limits": contrast_limits}
     layer.face_color = rgba  # first: leaves any feature-bound colour mode, so no column is needed
-    with warnings.catch_warnings():
-        # napari remembers the column an earlier colour mode used and warns when it goes away;
-        # the colours are direct RGBA by now, so nothing is lost
-        warnings.filterwarnings("ignore", message="property used for", category=RuntimeWarning)
-        layer.features = table  # emits layer.events.features: legends following the layer redraw
+    _put_features(layer, adata, str(key), values, pinned)
     _native_colorbar(layer, info, visible=colorbar)
-    layer.refresh()
+    layer.events.features()  # the value column changed: legends following the layer redraw
     return info
+
+
+def _features_in_place(layer: Any, n_obs: int) -> bool:
+    """Whether the layer's features table can take the new value column in place: it is one row
+    per spot with the barcode, and no colour or text of the layer is bound to its columns."""
+    table = layer.features
+    if len(table) != n_obs or BARCODE not in table.columns:
+        return False
+    if str(layer.border_color_mode) != "direct" or str(layer.face_color_mode) != "direct":
+        return False
+    text = getattr(layer.text, "string", None)
+    return getattr(text, "constant", None) == ""
+
+
+def _put_features(layer: Any, adata: Any, key: str, values: Any, pinned: Sequence[str]) -> None:
+    """``layer.features`` = barcode, the pinned keys, then ``key``'s values (shown on hover).
+
+    The table is built once; a recolour replaces its columns in napari's own table (no new table,
+    no copy of the barcodes; the pinned keys' values are read again; the defaults napari uses for
+    new points follow). A table that cannot be edited so (another length, no barcode, columns bound
+    to colours or text) is replaced once through ``layer.features``.
+    """
+    column = feature_column(values)
+    extras = [k for k in pinned if k != key]
+    if not _features_in_place(layer, adata.n_obs):
+        table = pd.DataFrame({BARCODE: np.asarray(adata.obs_names, dtype=object)})
+        for extra in extras:
+            table[extra] = feature_column(spot_values(adata, extra)[0])
+        table[key] = column
+        with warnings.catch_warnings():
+            # napari remembers the column an earlier colour mode used and warns when it goes away;
+            # the colours are direct RGBA by now, so nothing is lost
+            warnings.filterwarnings("ignore", message="property used for", category=RuntimeWarning)
+            layer.features = table
+        return
+    table = layer.features  # napari's own DataFrame: edited in place
+    keep = {BARCODE, *extras}
+    for name in [c for c in table.columns if c not in keep]:
+        del table[name]
+    for extra in extras:  # pinned values read again (a task may have rewritten them)
+        table[extra] = feature_column(spot_values(adata, extra)[0])
+    table[key] = column
+    # napari's defaults for new points: the last row, as napari makes them
+    layer.feature_defaults = {name: table[name].iloc[-1] for name in table.columns}
