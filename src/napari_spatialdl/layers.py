@@ -66,6 +66,10 @@ META_PINNED = "spatialdl_pinned_features"
 BARCODE = "barcode"
 #: ``adata.uns`` entry of a saved file: how its spots were coloured when it was saved
 DISPLAY_KEY = "spatialdl_display"
+#: opacity of the tissue image while results are shown (the stain's pinks and purples otherwise
+#: compete with the colours of the result); image metadata flag once dimmed
+DIMMED_IMAGE_OPACITY = 0.45
+META_DIMMED = "spatialdl_dimmed"
 
 
 class ColorKeyError(KeyError):
@@ -277,12 +281,31 @@ def _prediction_factors_key(adata: Any, obsm_key: str) -> str | None:
     return None
 
 
+def _imputation_key(adata: Any, obsm_key: str) -> str | None:
+    """The key of a compact imputation (its decoder is ``uns[key + '_decoder']``) whose latent
+    ``obsm_key`` is (or ``obsm_key + '_latent'``), else None."""
+    for name in (obsm_key, f"{obsm_key}_latent"):
+        if name not in adata.obsm:
+            continue
+        for uns_key, entry in adata.uns.items():
+            if (str(uns_key).endswith("_decoder") and isinstance(entry, Mapping) and "head_weight" in entry
+                    and str(entry.get("latent_key", "")) == name):
+                return str(uns_key)[: -len("_decoder")]
+    return None
+
+
 def _compact_prediction(adata: Any, obsm_key: str, column: str) -> np.ndarray | None:
-    """A gene reconstructed from a compact gene prediction (factors x loadings), when
-    ``obsm_key:column`` names one: ``'spatialdl_predicted_genes:Gad1'`` reads the table when the
-    run wrote one, else the compact form; no observations x genes matrix is built."""
+    """A gene decoded from a compact result when ``obsm_key:column`` names one: a gene predicted
+    from a reference (``'spatialdl_predicted_genes:Gad1'``: the table when the run wrote one,
+    else factors x loadings) or a gene of a compact imputation (``'spatialdl_imputed_latent:Gad1'``);
+    only that gene is computed, no observations x genes matrix is built."""
     if obsm_key in adata.obsm and isinstance(adata.obsm[obsm_key], pd.DataFrame):
         return None  # a table: read as any DataFrame column
+    imputation = _imputation_key(adata, obsm_key)
+    if imputation is not None and column in adata.var_names:
+        from .tasks.imputation import reconstruct as decode
+
+        return decode(adata, column, key=imputation)[column].to_numpy(dtype=float)
     factors = _prediction_factors_key(adata, obsm_key)
     if factors is None:
         return None
@@ -450,6 +473,9 @@ def describe_key(adata: Any, key: str, layer: str | None = None) -> str:
     if known is not None and column:
         words, method = known
         return f"{column} {words}" + (f" ({method})" if method else "")
+    known = _known(obsm_key.removesuffix("_latent"), {IMPUTED_LAYER: "imputed"})
+    if known is not None and column in adata.var_names:
+        return f"{column}, imputed" + (f" ({known[1]})" if known[1] else "")
     known = _known(obsm_key.removesuffix("_factors"), {PREDICTED_GENES_KEY: "predicted from the reference"})
     if known is not None and column:
         return f"{column}, {known[0]}" + (f" ({known[1]})" if known[1] else "")

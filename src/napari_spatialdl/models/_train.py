@@ -101,12 +101,29 @@ class TrainingConfig:
     num_threads: int | None = None
 
 
+#: attribute of a parameter whose rows belong to the observations (one row per training row)
+PER_OBSERVATION = "spatialdl_per_observation"
+
+
+def per_observation(param: torch.nn.Parameter) -> torch.nn.Parameter:
+    """Mark ``param`` as one row per observation: with minibatches, :class:`Adam` updates only the
+    rows of the batch (and counts each row's own steps), as lazy Adam does for embeddings."""
+    setattr(param, PER_OBSERVATION, True)
+    return param
+
+
 class Adam:
     """Adam (Kingma & Ba, 2015), the same update as ``torch.optim.Adam`` (no amsgrad).
 
     Written out because the first ``torch.optim`` optimiser of a process imports
     ``torch._dynamo``, which takes 1-3 s: longer than training a small model.
     Multi-tensor (``torch._foreach_*``) updates keep the per-step overhead low.
+
+    Parameters marked :func:`per_observation` (e.g. each spot's abundances) are updated lazily
+    when :meth:`step` is given the batch's ``rows``: only those rows move, each with its own step
+    count. Dense Adam would keep moving the rows a batch does not hold on their momentum alone
+    (several steps per epoch on stale gradients), which biases such parameters as soon as the
+    data no longer fits one batch. With every row in the batch the update is the dense one.
     """
 
     def __init__(self, params: list[torch.nn.Parameter], lr: float = 1e-3,
@@ -119,18 +136,26 @@ class Adam:
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
         self.steps = 0
+        self.row_steps = {i: torch.zeros(p.shape[0], dtype=torch.float32, device=p.device)
+                          for i, p in enumerate(self.params) if getattr(p, PER_OBSERVATION, False)}
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
             p.grad = None
 
     @torch.no_grad()
-    def step(self) -> None:
+    def step(self, rows: torch.Tensor | None = None) -> None:
+        """One update; ``rows``: the observations of the batch (for :func:`per_observation` parameters)."""
         idx = [i for i, p in enumerate(self.params) if p.grad is not None]
         if not idx:
             return
         self.steps += 1
         beta1, beta2 = self.betas
+        for i in [i for i in idx if i in self.row_steps]:
+            self._row_step(i, rows)
+        idx = [i for i in idx if i not in self.row_steps]
+        if not idx:
+            return
         params = [self.params[i] for i in idx]
         grads = [self.params[i].grad for i in idx]
         m = [self.exp_avg[i] for i in idx]
@@ -146,6 +171,23 @@ class Adam:
         torch._foreach_div_(denom, bias2_sqrt)
         torch._foreach_add_(denom, self.eps)
         torch._foreach_addcdiv_(params, m, denom, value=-self.lr / bias1)
+
+    def _row_step(self, i: int, rows: torch.Tensor | None) -> None:
+        """The Adam update of the rows ``rows`` of parameter ``i`` (all rows when None)."""
+        p, m, v, t = self.params[i], self.exp_avg[i], self.exp_avg_sq[i], self.row_steps[i]
+        beta1, beta2 = self.betas
+        r = slice(None) if rows is None else torch.as_tensor(rows, device=p.device, dtype=torch.long)
+        g = p.grad[r]
+        if self.weight_decay:
+            g = g + self.weight_decay * p[r]
+        m_r = m[r].lerp_(g, 1 - beta1)
+        v_r = v[r].mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        t_r = t[r] + 1
+        m[r], v[r], t[r] = m_r, v_r, t_r
+        shape = (-1,) + (1,) * (p.dim() - 1)
+        bias1 = (1 - beta1**t_r).reshape(shape)
+        bias2_sqrt = torch.sqrt(1 - beta2**t_r).reshape(shape)
+        p[r] = p[r] - self.lr * (m_r / bias1) / (v_r.sqrt() / bias2_sqrt + self.eps)
 
 
 def available_devices() -> list[str]:
@@ -389,7 +431,7 @@ def _epochs(module, store, loss_fn, config, optimizer, params, train_idx, val_id
             loss.backward()
             if config.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-            optimizer.step()
+            optimizer.step(chunk if n_batches > 1 else None)
             step += 1
             total += loss.item() * len(chunk)
             count += len(chunk)

@@ -37,7 +37,14 @@ import torch.nn.functional as F
 
 from ._base import SavableModel
 from ._likelihoods import log_nb
-from ._train import ProgressEvent, TrainingConfig, TrainingHistory, resolve_device, train
+from ._train import (
+    ProgressEvent,
+    TrainingConfig,
+    TrainingHistory,
+    per_observation,
+    resolve_device,
+    train,
+)
 
 _EPS = 1e-8
 #: pseudo-count added to each type's summed counts before the mean (keeps log-signatures finite)
@@ -235,8 +242,9 @@ class DeconvolutionModule(torch.nn.Module):
         self.refine = bool(refine_signatures)
         self.log_signatures = torch.nn.Parameter(torch.zeros(n_types, n_genes), requires_grad=self.refine)
         self.register_buffer("background", torch.ones(n_genes) / n_genes)
-        self.log_abundance = torch.nn.Parameter(torch.zeros(n_spots, n_types))
-        self.log_background = torch.nn.Parameter(torch.full((n_spots,), -4.0))
+        # one row per spot: with minibatches only the batch's rows are updated (lazy Adam)
+        self.log_abundance = per_observation(torch.nn.Parameter(torch.zeros(n_spots, n_types)))
+        self.log_background = per_observation(torch.nn.Parameter(torch.full((n_spots,), -4.0)))
         self.gene_effect = torch.nn.Parameter(torch.zeros(n_genes))
         self.log_theta = torch.nn.Parameter(torch.full((n_genes,), 2.0))
         # what only shapes the fit (neighbour graph, reference cells) is not saved with the model
