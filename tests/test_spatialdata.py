@@ -10,6 +10,7 @@ folder of ``../shared/data`` through ``spatialdata_io.visium``.
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -27,6 +28,15 @@ from spatialdata.transformations import Identity, Scale, get_transformation  # n
 import napari_spatialdl as sdl  # noqa: E402
 from napari_spatialdl.io import SpatialDataError, get_image, spot_diameter_px, spots_px  # noqa: E402
 from napari_spatialdl.io._spatialdata import LINK_KEY, SIZE_KEY, layer_affine  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from make_hd_xenium import (  # noqa: E402
+    hd_bin_positions,
+    hd_scalefactors,
+    write_10x_h5,
+    write_visium_hd,
+    write_xenium,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:spatialdata_io", "ignore:zarr v3 autosharding")
 
@@ -346,89 +356,36 @@ HD_HIRES, HD_LOWRES = 0.25, 0.0625
 HD_ORIGIN = (200.0, 240.0)  # x, y of the bin grid's corner, full-resolution pixels
 
 
-def _write_10x_h5(path: Path, counts: sp.spmatrix, barcodes: list[str], genes: list[str]) -> None:
-    import h5py
-
-    m = sp.csc_matrix(sp.csr_matrix(counts).T)  # genes x barcodes, one column per barcode (10x layout)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as f:
-        g = f.create_group("matrix")
-        g.create_dataset("barcodes", data=np.array(barcodes, dtype="S"))
-        g.create_dataset("data", data=m.data.astype(np.int32))
-        g.create_dataset("indices", data=m.indices.astype(np.int64))
-        g.create_dataset("indptr", data=m.indptr.astype(np.int64))
-        g.create_dataset("shape", data=np.array(m.shape, dtype=np.int32))
-        ft = g.create_group("features")
-        ft.create_dataset("id", data=np.array([f"ENSG{i:011d}" for i in range(len(genes))], dtype="S"))
-        ft.create_dataset("name", data=np.array(genes, dtype="S"))
-        ft.create_dataset("feature_type", data=np.array(["Gene Expression"] * len(genes), dtype="S"))
-        ft.create_dataset("genome", data=np.array(["GRCh38"] * len(genes), dtype="S"))
-        ft.create_dataset("_all_tag_keys", data=np.array(["genome"], dtype="S"))
-
-
-def _bins(bin_um: int, n_rows: int, n_cols: int) -> pd.DataFrame:
-    side = bin_um / HD_MPP
-    rows, cols = np.divmod(np.arange(n_rows * n_cols), n_cols)
-    return pd.DataFrame({
-        "barcode": [f"s_{bin_um:03d}um_{r:05d}_{c:05d}-1" for r, c in zip(rows, cols)],
-        "in_tissue": np.ones(len(rows), dtype=np.int32),
-        "array_row": rows.astype(np.int64), "array_col": cols.astype(np.int64),
-        "pxl_row_in_fullres": HD_ORIGIN[1] + (rows + 0.5) * side,
-        "pxl_col_in_fullres": HD_ORIGIN[0] + (cols + 0.5) * side,
-    })
-
-
-def _hd_scalefactors(bin_um: float) -> dict:
-    return {"spot_diameter_fullres": bin_um / HD_MPP, "bin_size_um": float(bin_um), "microns_per_pixel": HD_MPP,
-            "tissue_hires_scalef": HD_HIRES, "tissue_lowres_scalef": HD_LOWRES,
-            "fiducial_diameter_fullres": 100.0, "regist_target_img_scalef": HD_HIRES}
-
-
 def make_visium_hd(root: Path, rng: np.random.Generator, bright_bin: int = 13) -> dict:
-    """outs/ of Space Ranger HD 3.x: feature_slice.h5, spatial/, binned_outputs/square_{008,016}um, segmented_outputs/."""
-    import h5py
-    import imageio.v3 as iio
-
-    root.mkdir(parents=True)
-    with h5py.File(root / "feature_slice.h5", "w") as f:
-        layout = {"file_format": "1.0", "transform": [1, 0, 0, 0, 1, 0, 0, 0, 1]}
-        f.attrs["metadata_json"] = json.dumps({"hd_layout_json": json.dumps(layout)})
-    (root / "spatial").mkdir()
-    (root / "spatial" / "scalefactors_json.json").write_text(json.dumps(_hd_scalefactors(2)))
+    """outs/ of Space Ranger HD 3.x: feature_slice.h5, spatial/, binned_outputs/square_{008,016}um, segmented_outputs/
+    (written by the writers of benchmarks/make_hd_xenium.py, which also make the tutorial's full-size folder)."""
     full = (800, 800)
     hires = rng.integers(40, 90, size=(int(full[0] * HD_HIRES), int(full[1] * HD_HIRES), 3), dtype=np.uint8)
     out = {}
-    for bin_um, shape in ((8, (6, 8)), (16, (3, 4))):
-        pos = _bins(bin_um, *shape)
-        d = root / "binned_outputs" / f"square_{bin_um:03d}um"
-        (d / "spatial").mkdir(parents=True)
-        pos.to_parquet(d / "spatial" / "tissue_positions.parquet", index=False)
-        (d / "spatial" / "scalefactors_json.json").write_text(json.dumps(_hd_scalefactors(bin_um)))
-        counts = _counts(rng, len(pos))
-        _write_10x_h5(d / "filtered_feature_bc_matrix.h5", counts, list(pos["barcode"]), GENES)
-        out[bin_um] = (pos, counts)
+    for bin_um, (n_rows, n_cols) in ((8, (6, 8)), (16, (3, 4))):
+        rows, cols = np.divmod(np.arange(n_rows * n_cols), n_cols)
+        pos = hd_bin_positions(bin_um, rows, cols, np.ones(len(rows)), HD_MPP, HD_ORIGIN)
+        out[bin_um] = (pos, _counts(rng, len(pos)))
     pos8 = out[8][0]
     x, y = pos8.loc[bright_bin, ["pxl_col_in_fullres", "pxl_row_in_fullres"]]
     hires[int(np.floor(y * HD_HIRES)), int(np.floor(x * HD_HIRES))] = 255
-    iio.imwrite(root / "spatial" / "tissue_hires_image.png", hires)
-    iio.imwrite(root / "spatial" / "tissue_lowres_image.png", hires[::4, ::4])
     fullres = np.repeat(np.repeat(hires, 4, axis=0), 4, axis=1)  # 800 x 800, the microscope image
     fullres[fullres == 255] = 90
     fullres[int(np.floor(y)), int(np.floor(x))] = 255
-    (root / "microscope_image").mkdir()
-    iio.imwrite(root / "microscope_image" / "tissue.tif", fullres)
+    write_visium_hd(root, bins=out, genes=GENES, hires=hires, lowres=hires[::4, ::4], microns_per_pixel=HD_MPP,
+                    hires_scalef=HD_HIRES, lowres_scalef=HD_LOWRES, microscope_image=fullres)
     # segmented cells: polygons in full-resolution pixels
     seg = root / "segmented_outputs"
     (seg / "spatial").mkdir(parents=True)
-    (seg / "spatial" / "scalefactors_json.json").write_text(json.dumps(_hd_scalefactors(2)))
+    (seg / "spatial" / "scalefactors_json.json").write_text(json.dumps(hd_scalefactors(2, HD_MPP, HD_HIRES, HD_LOWRES)))
     cells = [(300.0, 300.0, 10.0), (340.0, 310.0, 14.0), (420.0, 330.0, 8.0)]
     features = [{"type": "Feature", "properties": {"cell_id": i + 1},
                  "geometry": {"type": "Polygon", "coordinates": [[[cx - h, cy - h], [cx + h, cy - h], [cx + h, cy + h],
                                                                    [cx - h, cy + h], [cx - h, cy - h]]]}}
                 for i, (cx, cy, h) in enumerate(cells)]
     (seg / "cell_segmentations.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
-    _write_10x_h5(seg / "filtered_feature_cell_matrix.h5", _counts(rng, 3),
-                  [f"cellid_{i + 1:09d}-1" for i in range(3)], GENES)
+    write_10x_h5(seg / "filtered_feature_cell_matrix.h5", _counts(rng, 3),
+                 [f"cellid_{i + 1:09d}-1" for i in range(3)], GENES)
     out["cells"] = cells
     out["hires"] = hires
     return out
@@ -512,50 +469,34 @@ XE_PIXEL = 0.2125  # µm per morphology pixel
 
 def make_xenium(root: Path, rng: np.random.Generator) -> dict:
     """Xenium Onboard Analysis 2.x output: experiment.xenium, cells.parquet, cells.zarr.zip,
-    cell_feature_matrix.h5, cell_boundaries.parquet, morphology_focus/morphology_focus_0000.ome.tif."""
-    import tifffile
-    import zarr
+    cell_feature_matrix.h5, cell_boundaries.parquet, morphology_focus/morphology_focus_0000.ome.tif
+    (written by the writer of benchmarks/make_hd_xenium.py)."""
     from spatialdata_io.readers.xenium import cell_id_str_from_prefix_suffix_uint32
 
-    root.mkdir(parents=True)
-    (root / "experiment.xenium").write_text(json.dumps(
-        {"analysis_sw_version": "xenium-2.0.0.10", "pixel_size": XE_PIXEL, "run_name": "mini"}))
     n = 5
     prefix = np.arange(1, n + 1, dtype=np.uint32) * 7919
     ids = cell_id_str_from_prefix_suffix_uint32(prefix, np.ones(n, dtype=np.uint32)).tolist()
     px = np.array([[40.0, 50.0], [120.0, 60.0], [200.0, 210.0], [300.0, 100.0], [80.0, 330.0]])  # x, y pixels
     centroids = (px + 0.5) * XE_PIXEL
     area = np.array([60.0, 80.0, 45.0, 100.0, 70.0])  # µm²
-    cells = pd.DataFrame({"cell_id": ids, "x_centroid": centroids[:, 0], "y_centroid": centroids[:, 1],
-                          "transcript_counts": np.arange(n) + 10, "control_probe_counts": 0,
-                          "cell_area": area, "nucleus_area": area / 3})
-    cells.to_parquet(root / "cells.parquet", index=False)
-    store = zarr.storage.ZipStore(root / "cells.zarr.zip", mode="w")
-    group = zarr.open_group(store, mode="w", zarr_format=2)
-    group.create_array("cell_id", data=np.column_stack([prefix, np.ones(n, dtype=np.uint32)]))
-    summary = np.column_stack([centroids, area, centroids, area / 3, np.zeros(n), np.ones(n)])
-    names = ["cell_centroid_x", "cell_centroid_y", "cell_area", "nucleus_centroid_x", "nucleus_centroid_y",
-             "nucleus_area", "z_level", "nucleus_count"]
-    group.create_array("cell_summary", data=summary, attributes={"column_names": names})
-    store.close()
     counts = _counts(rng, n)
-    _write_10x_h5(root / "cell_feature_matrix.h5", counts, ids, GENES)
     verts = []
     for cid, (x, y) in zip(ids, centroids):
         for dx, dy in ((-2, -2), (2, -2), (2, 2), (-2, 2)):
             verts.append((cid, x + dx, y + dy))
-    pd.DataFrame(verts, columns=["cell_id", "vertex_x", "vertex_y"]).to_parquet(root / "cell_boundaries.parquet", index=False)
+    boundaries = pd.DataFrame(verts, columns=["cell_id", "vertex_x", "vertex_y"])
     genes = np.array(GENES)
     tx = pd.DataFrame({"transcript_id": np.arange(40, dtype=np.uint64), "cell_id": np.repeat(ids, 8),
                        "overlaps_nucleus": np.zeros(40, dtype=np.uint8), "feature_name": genes[np.arange(40) % 12],
                        "x_location": np.repeat(centroids[:, 0], 8), "y_location": np.repeat(centroids[:, 1], 8),
                        "z_location": np.full(40, 5.0), "qv": np.full(40, 30.0)})
-    tx.to_parquet(root / "transcripts.parquet", index=False)
     dapi = rng.integers(100, 400, size=(360, 400), dtype=np.uint16)
     for x, y in px.astype(int):
         dapi[y, x] = 60000
-    (root / "morphology_focus").mkdir()
-    tifffile.imwrite(root / "morphology_focus" / "morphology_focus_0000.ome.tif", dapi)
+    written = write_xenium(root, prefixes=prefix, centroids_um=centroids, cell_area=area, nucleus_area=area / 3,
+                           counts=counts, genes=GENES, morphology=dapi, pixel_size=XE_PIXEL,
+                           cell_boundaries=boundaries, transcripts=tx, experiment={"run_name": "mini"})
+    assert written == ids
     return {"ids": ids, "px": px, "area": area, "counts": counts, "dapi": dapi}
 
 
@@ -607,6 +548,52 @@ def test_xenium_missing_files(tmp_path: Path):
     (tmp_path / "experiment.xenium").write_text("{}")
     with pytest.raises(SpatialDataError, match="missing cell_feature_matrix.h5, cells.parquet, cells.zarr.zip"):
         sdl.read_xenium(tmp_path)
+
+
+@pytest.mark.realdata
+def test_full_size_generators_at_a_small_size(shared_data: Path, tmp_path: Path):
+    """benchmarks/make_hd_xenium.py (the data of the Visium HD / Xenium tutorial), small: both folders
+    open in the readers, the held-out genes are not in the panel, cell types follow the anatomy and the
+    counts follow the types, 16 µm bins are sums of 8 µm bins."""
+    pytest.importorskip("spatialdata_io")
+    import make_hd_xenium as gen
+
+    folder = shared_data / "hippocampus_visium" / "reference"
+    if not (folder / "counts.csv").is_file():
+        pytest.skip("the hippocampus reference is absent")
+    ref = gen.load_reference(folder)
+    truth_dir = tmp_path / "truth"
+    made = gen.make_xenium(tmp_path / "xenium", ref, n_cells=1500, seed=3, truth_dir=truth_dir)
+    xen = sdl.read_xenium(tmp_path / "xenium", cells_boundaries=True)
+    assert xen.n_obs == 1500 and list(xen.var_names) == made["panel"], "controls are not gene expression"
+    assert set(made["held_out"]) <= set(ref.var_names) and not set(made["held_out"]) & set(xen.var_names)
+    truth = pd.read_parquet(truth_dir / "xenium_cells.parquet").set_index("cell_id").loc[xen.obs_names]
+    assert (truth.loc[truth["region"] == "Dentate granule", "cell_type"] == "Denate").mean() > 0.8
+    X = np.asarray(sp.csr_matrix(xen.X).todense())
+    norm = X / X.sum(axis=1, keepdims=True)
+    plp1 = list(xen.var_names).index("Plp1")
+    oligo = (truth["cell_type"] == "Oligodendrocyte").to_numpy()
+    assert norm[oligo, plp1].mean() > 5 * norm[~oligo, plp1].mean(), "Plp1 marks the oligodendrocytes"
+    # each cell sits on its nucleus in the DAPI image; its area is its boundary's area
+    img, _, _ = get_image(xen)
+    px = spots_px(xen)
+    on = img[np.floor(px[:, 1]).astype(int), np.floor(px[:, 0]).astype(int)]
+    assert np.median(on) > 4 * np.median(img)
+    bounds = sd.read_zarr(sdl.write_spatialdata(xen, tmp_path / "xe.zarr")).shapes["cell_boundaries"]
+    areas = bounds.geometry.area.to_numpy() * gen.XENIUM_PIXEL_UM**2
+    np.testing.assert_allclose(areas, xen.obs.loc[bounds.index, "cell_area"], rtol=1e-3)
+
+    info = gen.make_visium_hd(tmp_path / "hd" / "outs", ref, n_bins=1500, n_genes=500, seed=3,
+                              truth_dir=truth_dir, hires_side=600)
+    bins = sdl.read_visium_hd(tmp_path / "hd", bin_size=8)
+    assert bins.n_obs == info["n_bins"] and bins.n_vars == 500 and bins.uns[LINK_KEY]["shape"] == "square"
+    assert 1200 < bins.n_obs < 1800
+    np.testing.assert_allclose(bins.obs[SIZE_KEY], 8 / gen.HD_MICRONS_PER_PIXEL)
+    assert (np.diff(sp.csr_matrix(bins.X).indptr) > 0).all(), "every bin in tissue has counts"
+    sixteen = sdl.read_visium_hd(tmp_path / "hd", bin_size=16)
+    assert sixteen.X.sum() == pytest.approx(bins.X.sum()), "16 µm bins are sums of 8 µm bins"
+    fractions = pd.read_parquet(truth_dir / "visium_hd_bins.parquet").set_index("barcode").loc[bins.obs_names]
+    np.testing.assert_allclose(fractions[list(ref.obs["cell_type"].cat.categories)].sum(axis=1), 1.0, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------

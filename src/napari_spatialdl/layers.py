@@ -10,6 +10,9 @@ Conventions (DESIGN.md, "GUI behaviour"):
 - the spots are a ``points`` layer in ``(row, col) = (y, x)`` pixels of that image, of size the
   spot diameter in those pixels; ``features`` hold the barcode and the coloured values (napari
   shows them in the status bar when the mouse is over a spot);
+- when the size of a pixel in µm is known (Visium grid, scale factors), both layers get
+  ``scale`` = µm per pixel and ``units`` µm, so world coordinates (and napari's scale bar) are µm
+  while the layer data stay in image pixels;
 - ``metadata`` links back: ``{'adata', 'library_id', 'image_key', 'scalefactor', 'spatialdl_spots'}``;
 - world coordinates are micrometres when the physical size of a pixel is known
   (:func:`napari_spatialdl.io._microns.microns_per_pixel`: Visium grid or scale factors): both
