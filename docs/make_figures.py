@@ -43,6 +43,8 @@ PLUGIN = "napari-spatialdl"
 SAMPLE = "synthetic_tissue"
 #: window size in logical pixels (the GUI tests' size)
 WINDOW = (1280, 800)
+#: PNGs wider than this are scaled down (the window's width: screenshots are written 1:1)
+MAX_WIDTH = WINDOW[0]
 RUN_TIMEOUT_S = 1800.0
 #: opacity of the tissue image in the multi-panel figures (what the tutorials say they used)
 PANEL_IMAGE_OPACITY = 0.4
@@ -52,10 +54,18 @@ HNE_POINT_SIZE = 2.0
 
 @dataclass
 class Settings:
-    """Where the figures go and at which window size (``--size``, ``--out``)."""
+    """Where the figures go, at which window size and how wide at most (``--size``, ``--out``).
+
+    ``out=None`` means ``IMAGES`` (looked up when a file is written).
+    """
 
     size: tuple[int, int] = WINDOW
-    out: Path = IMAGES
+    out: Path | None = None
+    max_width: int = MAX_WIDTH
+
+    @property
+    def folder(self) -> Path:
+        return IMAGES if self.out is None else self.out
 
 
 SETTINGS = Settings()
@@ -202,9 +212,11 @@ def save(image: np.ndarray, name: str) -> Path:
     """Write an RGB(A) array as an optimised PNG in the output folder."""
     from PIL import Image
 
-    SETTINGS.out.mkdir(parents=True, exist_ok=True)
+    SETTINGS.folder.mkdir(parents=True, exist_ok=True)
     img = Image.fromarray(np.ascontiguousarray(image[..., :3]).astype(np.uint8))
-    path = SETTINGS.out / f"{name}.png"
+    if img.width > SETTINGS.max_width:
+        img = img.resize((SETTINGS.max_width, round(img.height * SETTINGS.max_width / img.width)), Image.LANCZOS)
+    path = SETTINGS.folder / f"{name}.png"
     # a 256-colour palette keeps screenshots faithful at a third of the size; keep the smallest
     # candidate whose mean error stays below 2.5 (of 255) per channel
     rgb = np.asarray(img, dtype=float)
@@ -234,7 +246,7 @@ def legend_room(viewer: Any) -> None:
     than that at 1280 x 800, and a user makes room so (the task panel above scrolls).
     """
     from qtpy.QtCore import Qt
-    from qtpy.QtWidgets import QDockWidget, QScrollArea
+    from qtpy.QtWidgets import QDockWidget
 
     settle(0.2)
     window = _main_window(viewer)
@@ -245,15 +257,27 @@ def legend_room(viewer: Any) -> None:
             dock = dock.parentWidget()
         if dock is None or dock.isFloating() or not legend.isVisible():
             continue
+        start_height, start_extra = dock.height(), _overflow(legend)
+        extra = start_extra
         for _ in range(4):  # the layout settles over a few passes
-            extra = sum(a.verticalScrollBar().maximum() for a in legend.findChildren(QScrollArea)
-                        if a.isVisible())
             if extra <= 0:
                 break
             window.resizeDocks([dock], [dock.height() + extra + 6], Qt.Orientation.Vertical)
             settle(0.3)
-        else:
-            print(f"  note: the legend still scrolls ({extra} px more), dock {dock.height()} px", flush=True)
+            extra = _overflow(legend)
+        if extra >= start_extra > 0:  # a taller dock did not give the list more room: put it back
+            window.resizeDocks([dock], [start_height], Qt.Orientation.Vertical)
+            settle(0.3)
+        if extra > 0:
+            print(f"  note: the legend's list still scrolls ({extra} px more) in a dock of {dock.height()} px",
+                  flush=True)
+
+
+def _overflow(widget: Any) -> int:
+    """How many pixels the visible scroll areas inside ``widget`` hide (0: everything shows)."""
+    from qtpy.QtWidgets import QScrollArea
+
+    return sum(a.verticalScrollBar().maximum() for a in widget.findChildren(QScrollArea) if a.isVisible())
 
 
 def window_shot(viewer: Any, name: str, panel: Any = None) -> Path:
@@ -454,12 +478,12 @@ def open_hne(viewer: Any) -> Any:
 def fig_quickstart() -> list[Path]:
     """Quick start: the menus, the sample as it opens, the Deconvolve panel before and after Run."""
     viewer = new_viewer()
-    paths = [SETTINGS.out / "menu_open_sample.png"]
+    paths = [SETTINGS.folder / "menu_open_sample.png"]
     open_sample(viewer, shot="menu_open_sample")
     fit(viewer)
     paths.append(window_shot(viewer, "quickstart_sample"))
     widget = add_panel(viewer, "Deconvolve", shot="menu_plugins")
-    paths.append(SETTINGS.out / "menu_plugins.png")
+    paths.append(SETTINGS.folder / "menu_plugins.png")
     zoom_to(viewer, spots_of(viewer))
     paths.append(widget_shot(widget, "deconvolve_ready"))  # the panel alone, readable
     press_run(widget)
@@ -683,6 +707,7 @@ def fig_gene_prediction() -> list[Path]:
         open_file(viewer, spots_file)
         widget = add_panel(viewer, "Impute")
         widget.set_mode(True)  # "Predict unmeasured genes from a reference"
+        settle(0.5)  # the user's pause between two clicks
         widget.set_reference(str(reference_file))  # Open… beside 'reference'
         zoom_to(viewer, spots_of(viewer))
         paths = [widget_shot(widget, "gene_prediction_ready")]  # the panel alone: mode, reference, genes
@@ -722,7 +747,9 @@ def _size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def main(argv: list[str] | None = None) -> int:
+def configure(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line into ``SETTINGS``: a window size other than ``WINDOW`` writes to
+    ``/tmp/spatialdl_figures_<W>x<H>`` (a layout check, never into the docs) unless ``--out``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", choices=sorted(FIGURES), help="make only these figures")
     parser.add_argument("--size", type=_size, default=WINDOW,
@@ -731,10 +758,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="folder for the PNGs (default docs/images)")
     args = parser.parse_args(argv)
     SETTINGS.size = args.size
+    SETTINGS.max_width = max(MAX_WIDTH, args.size[0])
     if args.out is not None:
         SETTINGS.out = args.out.resolve()
-    elif args.size != WINDOW:  # a layout check: never into the docs
+    elif args.size != WINDOW:
         SETTINGS.out = Path("/tmp") / f"spatialdl_figures_{args.size[0]}x{args.size[1]}"
+    else:
+        SETTINGS.out = None
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = configure(argv)
     names = args.only or list(FIGURES)
     failed = []
     for name in names:

@@ -301,20 +301,25 @@ def make_figures():
     return module
 
 
-def test_two_sections_adds_a_batch_effect_to_integer_counts(make_figures):
-    spatial, _ = _small()
-    two = make_figures.with_two_sections(spatial)
-    X = two.X.toarray()
-    assert np.all(X == np.round(X)) and X.min() >= 0
-    assert (X.sum(axis=1) > 0).all()
-    assert list(two.obs["section"].cat.categories) == ["section A", "section B"]
-    right = (two.obs["section"] == "section B").to_numpy()
-    assert 0.4 < right.mean() < 0.6
-    # left half untouched, right half changed gene by gene
-    original = spatial.X.toarray()
-    np.testing.assert_array_equal(X[~right], original[~right])
-    ratio = (X[right].sum(axis=0) + 1) / (original[right].sum(axis=0) + 1)
-    assert np.std(np.log(ratio)) > 0.3
+def test_figure_options_never_write_other_sizes_into_the_docs(make_figures):
+    """The docs' figures are taken at WINDOW; a --size check goes to /tmp (or --out), and a bad
+    size is refused."""
+    from pathlib import Path
+
+    settings = make_figures.SETTINGS
+    try:
+        make_figures.configure([])
+        assert settings.size == make_figures.WINDOW == (1280, 800)
+        assert settings.folder == make_figures.IMAGES
+        make_figures.configure(["--size", "1600x1200", "--only", "home"])
+        assert settings.size == (1600, 1200) and settings.max_width == 1600
+        assert settings.folder == Path("/tmp/spatialdl_figures_1600x1200")
+        make_figures.configure(["--size", "1600x1200", "--out", "/tmp/elsewhere"])
+        assert settings.folder == Path("/tmp/elsewhere")
+        with pytest.raises(SystemExit):
+            make_figures.configure(["--size", "big"])
+    finally:
+        make_figures.configure([])
 
 
 def test_save_writes_small_faithful_png(make_figures, tmp_path, monkeypatch):
