@@ -14,7 +14,7 @@ from .._constants import IMPUTED_LAYER
 from ..tasks import list_methods
 from ..tasks._derived import suggested_gene, suggested_predicted_gene
 from ..tasks.gene_prediction import predicted_gene_names
-from ._inputs import set_items
+from ._inputs import fit_width, set_items
 from ._overlay import ResultView, color_by, warm_imports
 from ._panel import TaskWidget
 
@@ -216,7 +216,12 @@ class ImputeWidget(TaskWidget):
                              "missing from this data (a Xenium or MERFISH panel, say) predicted from a "
                              "single-cell reference with all genes, through the genes both measure.")
         self.form.insertRow(0, "mode", self.mode)  # first: it decides which rows follow
-        self.mode.currentIndexChanged.connect(lambda *_: (self._fill_methods(), self.refresh()))
+        self.mode.currentIndexChanged.connect(self._on_mode)
+
+    def _on_mode(self, *_: Any) -> None:
+        self._fill_methods()
+        self.refresh()
+        fit_width(self)  # other rows and parameters: keep the panel within its dock's width
 
     @property
     def from_reference(self) -> bool:

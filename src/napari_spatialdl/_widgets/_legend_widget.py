@@ -171,7 +171,7 @@ class LegendWidget(QWidget):
         self.missing_label.hide()
         self._scroll.show()
         # fit the rows without scrolling when there are few
-        self._scroll.setMinimumHeight(min(row, 6) * (_SWATCH + 6) + 6)  # more rows scroll
+        self._scroll.setMinimumHeight(min(row, 10) * (_SWATCH + 6) + 6)  # more rows scroll
 
     def set_colorbar(self, cmap: str, limits: tuple[float, float], label: str = "", n_missing: int = 0,
                      na_color: str = NA_COLOR, note: str = "") -> None:

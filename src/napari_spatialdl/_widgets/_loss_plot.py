@@ -29,7 +29,7 @@ class LossPlot(QWidget):
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
-        self.setMinimumHeight(120)
+        self.setMinimumHeight(135)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self._repaint = QTimer(self)
         self._repaint.setSingleShot(True)
@@ -119,14 +119,16 @@ class LossPlot(QWidget):
             painter.drawLine(QPointF(x0, 2 + line / 2), QPointF(x0 + 12, 2 + line / 2))
             painter.setPen(text_color)
             painter.drawText(QPointF(x0 + 15, 2 + fm.ascent()), name)
-        left, right, top = 48.0, rect.width() - 8, line + 6
-        bottom = rect.height() - 2 * line - 8
+        # room for the status in up to three lines ("Stopped at epoch 30 of 60: ... kept")
+        status_lines = 3 if fm.horizontalAdvance(self.status or "") > 1.8 * (rect.width() - 8) else 2
+        left, right, top = 56.0, rect.width() - 8, line + 6
+        bottom = rect.height() - status_lines * line - 8
         plot = QRectF(left, top, max(10.0, right - left), max(10.0, bottom - top))
         frame = text_color.darker(150) if text_color.lightness() > 128 else text_color.lighter(150)
         painter.setPen(QPen(frame, 1))
         painter.drawRect(plot)
         painter.setPen(text_color)
-        painter.drawText(QRectF(4, rect.height() - 2 * line - 2, rect.width() - 8, 2 * line),
+        painter.drawText(QRectF(4, rect.height() - status_lines * line - 2, rect.width() - 8, status_lines * line),
                          Qt.AlignmentFlag.AlignLeft | Qt.TextFlag.TextWordWrap, self.status or "not run yet")
         self._draw_curves(painter, plot, left, line, text_color)
         painter.end()
