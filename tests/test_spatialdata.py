@@ -677,6 +677,9 @@ def test_npe2_readers_for_visium_hd_and_xenium(visium_hd, xenium):
     assert [t for _, _, t in layers] == ["image", "points"]
     pts_kw = layers[1][1]
     assert pts_kw["symbol"] == "square" and pts_kw["metadata"]["table_names"] == ["square_008um"]
+    assert pts_kw["border_width"] == 0, "bins tile: no rim (as napari_spatialdl.show draws them)"
+    # drawn at their side in world units (full-resolution pixels): napari does not scale sizes by the affine
+    np.testing.assert_allclose(np.asarray(pts_kw["size"]) / 1.001, 8 / HD_MPP)
     assert pts_kw["metadata"]["name"] == "run_square_008um"
     layers = get_reader_xenium(str(xe_root))(str(xe_root))
     meta = layers[1][1]["metadata"]

@@ -61,6 +61,10 @@ def _layers(adata: Any, sdata: Any) -> list[LayerData]:
         sizes = adata.obs[SIZE_KEY].to_numpy(dtype=float) if SIZE_KEY in adata.obs else None
         if sizes is not None and len(sizes) and np.isfinite(sizes).all() and np.ptp(sizes) > 1e-6 * np.max(sizes):
             kwargs["size"] = sizes * scalef  # cells of different sizes, drawn at their own size
+        if link.get("shape") == "square":  # Visium HD bins: squares of their side, no rim, no seams
+            from napari_spatialdl._widgets._viewer import _true_geometry
+
+            _true_geometry(adata, kwargs)  # as napari_spatialdl.show draws them
         if affine is not None and "size" in kwargs:
             # napari scales point sizes by `scale` but not by `affine` (napari/napari#6649;
             # napari-spatialdata works around it the same way): give the sizes in the units the
@@ -68,8 +72,6 @@ def _layers(adata: Any, sdata: Any) -> list[LayerData]:
             # is a downsampled one (a Xenium morphology image, a Visium HD hires image)
             factor = float(np.sqrt(abs(np.linalg.det(np.asarray(affine)[:2, :2]))))
             kwargs["size"] = np.asarray(kwargs["size"], dtype=float) * factor
-        if link.get("shape") == "square":
-            kwargs["symbol"] = "square"  # Visium HD bins
         meta.update(
             name=str(link["region"]),
             table_names=[str(link["table"])],
