@@ -37,12 +37,33 @@ BATCH_NAMES = ("batch", "sample", "section", "library_id", "donor", "slide", "sa
 
 
 def spots_layers(viewer: Any) -> list[Any]:
-    """Points layers carrying an AnnData in ``metadata['adata']``, in the viewer's order."""
+    """Points layers carrying an AnnData in ``metadata['adata']``, in the viewer's order.
+
+    Spots layers of napari-spatialdl, and napari-spatialdata's layers of circles or points that a
+    table annotates, adopted (our AnnData built from their SpatialData, see
+    :mod:`._spatialdata_layers`); those it cannot adopt are left out (:func:`not_offered_reason`
+    says why).
+    """
     from anndata import AnnData
     from napari.layers import Points
 
-    return [layer for layer in viewer.layers
-            if isinstance(layer, Points) and isinstance(layer.metadata.get("adata"), AnnData)]
+    from ._spatialdata_layers import ensure_spots_layer
+
+    out = []
+    for layer in viewer.layers:
+        if not isinstance(layer, Points):
+            continue
+        if ensure_spots_layer(layer) or ("sdata" not in layer.metadata and
+                                         isinstance(layer.metadata.get("adata"), AnnData)):
+            out.append(layer)
+    return out
+
+
+def not_offered_reason(viewer: Any) -> str:
+    """Why napari-spatialdata's layers in ``viewer`` are not offered as spots ('' when none is left out)."""
+    from ._spatialdata_layers import not_offered
+
+    return " ".join(not_offered(viewer))
 
 
 #: widest a panel makes itself (wider content scrolls sideways rather than squeeze the canvas)
@@ -248,5 +269,5 @@ def preferred_layer(adata: AnnData, needs_counts: bool) -> str | None:
 
 
 __all__ = ["NO_SPOTS", "NarrowPanel", "column_problem", "compact_combos", "counts_layers",
-           "counts_reason", "fit_width", "fitting_columns", "layer_items", "matrix_kind", "preferred_column",
-           "preferred_layer", "scrolled_layout", "set_items", "spots_layers"]
+           "counts_reason", "fit_width", "fitting_columns", "layer_items", "matrix_kind", "not_offered_reason",
+           "preferred_column", "preferred_layer", "scrolled_layout", "set_items", "spots_layers"]

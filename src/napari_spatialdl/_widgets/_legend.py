@@ -18,7 +18,7 @@ from typing import Any
 
 from qtpy.QtWidgets import QDockWidget, QFileDialog, QHBoxLayout, QLabel, QPushButton, QWidget
 
-from ..layers import META_FLAG, META_LEGEND
+from ..layers import META_LEGEND
 from ._compat import real
 from ._legend_widget import LegendWidget, colorbar_pixmap
 
@@ -26,10 +26,15 @@ LEGEND_DOCK_NAME = "Spots legend"
 
 
 def is_spots_layer(layer: Any) -> bool:
-    """A napari Points layer made by :func:`napari_spatialdl.layers.spatial_layers`."""
-    from napari.layers import Points
+    """A napari Points layer made by :func:`napari_spatialdl.layers.spatial_layers`, or one of
+    napari-spatialdata (circles/points of an element a table annotates), adopted on first sight.
 
-    return isinstance(layer, Points) and bool(layer.metadata.get(META_FLAG))
+    Our AnnData is then in ``metadata['adata']`` (put back when napari-spatialdata's View widget
+    replaced it with its table): see :mod:`._spatialdata_layers`.
+    """
+    from ._spatialdata_layers import ensure_spots_layer
+
+    return ensure_spots_layer(layer)
 
 
 def _length_units(layer: Any) -> bool:

@@ -319,7 +319,19 @@ class TaskWidget(PanelInputs, NarrowPanel):
         if self.last_run is not None:
             self.last_run.cancel()
 
+    def why_not(self) -> str:
+        """Why Run is disabled; with no spots, also why napari-spatialdata's layers are not offered."""
+        reason = super().why_not()
+        if reason == I.NO_SPOTS:
+            left_out = I.not_offered_reason(self.viewer)
+            if left_out:
+                return left_out
+        return reason
+
     def _on_result(self, layer: Any, result: Any, context: dict[str, Any]) -> None:
+        from ._spatialdata_layers import ensure_spots_layer
+
+        ensure_spots_layer(layer)  # our AnnData back in metadata['adata'] if napari-spatialdata replaced it
         self.controls.loss.finish(result.history)
         self.results.show_result(layer, result, **context)
 

@@ -51,7 +51,10 @@ def run(viewer: Any, task: str, *, adata: Any = None, method: str = "spatialdl",
     Parameters
     ----------
     viewer
-        The napari viewer.
+        The napari viewer. Its spots layers: those of napari-spatialdl's readers and :func:`show`,
+        and napari-spatialdata's layers of circles or points that a table annotates (their
+        SpatialData is not changed: the results go into the AnnData in ``layer.metadata['adata']``;
+        :func:`napari_spatialdl.write_spatialdata` puts them into the ``.zarr``).
     task
         ``'impute'``, ``'integrate'``, ``'deconvolve'`` or ``'annotate'``.
     adata
@@ -82,6 +85,7 @@ def run(viewer: Any, task: str, *, adata: Any = None, method: str = "spatialdl",
     from ..tasks import get_method, get_spec
     from ..tasks._spec import DATA, REFERENCE
     from ._overlay import result_view_for, show_task_result
+    from ._spatialdata_layers import ensure_spots_layer
     from ._viewer import find_spots_layer, show
 
     if task not in TASKS:
@@ -111,6 +115,7 @@ def run(viewer: Any, task: str, *, adata: Any = None, method: str = "spatialdl",
     view = result_view_for(task, viewer) if overlay else None
 
     def on_result(result: Any) -> None:
+        ensure_spots_layer(layer)  # our AnnData back in metadata['adata'] if napari-spatialdata replaced it
         if view is not None:
             _VIEWS.append(show_task_result(viewer, layer, task, result, view=view, **context))
             del _VIEWS[:-8]  # keep the last few views alive, no more

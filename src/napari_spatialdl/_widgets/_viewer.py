@@ -148,7 +148,8 @@ def _true_geometry(adata: Any, points_kwargs: dict) -> None:
 
 
 def spots_layers(viewer: Any, adata: Any = None) -> list[Any]:
-    """All spots layers of ``viewer`` (those made by :func:`show`/the reader), optionally of ``adata``."""
+    """All spots layers of ``viewer`` (those made by :func:`show`/the reader, and napari-spatialdata's
+    layers of circles/points that a table annotates: see :func:`._legend.is_spots_layer`), optionally of ``adata``."""
     return [
         lyr for lyr in real(viewer).layers
         if is_spots_layer(lyr) and (adata is None or lyr.metadata.get(META_ADATA) is adata)
@@ -173,10 +174,14 @@ def find_spots_layer(viewer: Any, adata: Any = None) -> Any:
     viewer = real(viewer)
     candidates = spots_layers(viewer, adata)
     if not candidates:
+        from ._spatialdata_layers import not_offered
+
         what = "of this AnnData " if adata is not None else ""
+        left_out = " ".join(not_offered(viewer)) if adata is None else ""
         raise LookupError(
-            f"The viewer has no spots layer {what}: open a Space Ranger folder / .h5ad with the "
-            "napari-spatialdl reader, or call napari_spatialdl.show(adata, viewer)."
+            f"The viewer has no spots layer {what}: open a Space Ranger folder / .h5ad / SpatialData .zarr "
+            "with the napari-spatialdl reader, add circles of a SpatialData with napari-spatialdata, or call "
+            "napari_spatialdl.show(adata, viewer)." + (f" {left_out}" if left_out else "")
         )
     active = viewer.layers.selection.active
     if active is not None and any(active is c for c in candidates):

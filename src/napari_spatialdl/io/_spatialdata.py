@@ -39,6 +39,7 @@ import copy
 import math
 import re
 import warnings
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,6 +71,30 @@ MAX_IMAGE_SIDE = 6000
 VISIUM_HD_SEGMENTATIONS = {"cells": "cell_segmentations", "nuclei": "nucleus_segmentations"}
 _SPATIAL_ELEMENT_TYPES = ("shapes", "labels", "points")
 _INSTALL_HINT = "pip install 'spatialdata>=0.7.3' 'spatialdata-io>=0.7.1' (both are napari-spatialdl dependencies)"
+
+
+#: the SpatialData each AnnData of the readers was made from, by ``id(adata)`` (dropped with the
+#: AnnData): napari layers showing the AnnData carry it in ``metadata['sdata']``, the link
+#: napari-spatialdata's widgets follow (an AnnData cannot hold it: it would not save to .h5ad)
+_SOURCES: dict[int, tuple[Any, Any]] = {}
+
+
+def _keep_source(adata: AnnData, sdata: Any) -> None:
+    key = id(adata)
+    _SOURCES[key] = (weakref.ref(adata), sdata)
+    weakref.finalize(adata, _SOURCES.pop, key, None)
+
+
+def spatialdata_of(adata: Any) -> Any | None:
+    """The SpatialData that :func:`read_spatialdata`, :func:`read_visium_hd`, :func:`read_xenium`
+    or :func:`spatialdata_to_anndata` made ``adata`` from, while both are alive; else None.
+
+    A copy of the AnnData (``adata.copy()``, a subset, one read from .h5ad) has none.
+    """
+    kept = _SOURCES.get(id(adata))
+    if kept is None or kept[0]() is not adata:
+        return None
+    return kept[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -558,6 +583,7 @@ def spatialdata_to_anndata(
     if getattr(sdata, "path", None) is not None:
         adata.uns[LINK_KEY].update(path=str(Path(sdata.path).resolve()), reader="read_zarr",
                                    source=str(Path(sdata.path).resolve()))
+    _keep_source(adata, sdata)
     return adata
 
 
@@ -587,6 +613,7 @@ def read_spatialdata_objects(
     sdata = _read_zarr(path)
     adata = _to_anndata(sdata, table=table, where=str(path), **_conversion_kwargs(kwargs))
     adata.uns[LINK_KEY].update(path=str(path), reader="read_zarr", source=str(path))
+    _keep_source(adata, sdata)
     return sdata, adata
 
 
@@ -798,6 +825,7 @@ def read_visium_hd_objects(
         max_image_side=max_image_side, library_id=dataset_id, where=str(root),
     )
     adata.uns[LINK_KEY].update(reader="visium_hd", source=str(root), reader_kwargs=kwargs_for_uns(kwargs))
+    _keep_source(adata, sdata)
     return sdata, adata
 
 
@@ -903,6 +931,7 @@ def read_xenium_objects(
         max_image_side=max_image_side, library_id=_sanitize(root.name), where=str(root),
     )
     adata.uns[LINK_KEY].update(reader="xenium", source=str(root), reader_kwargs=kwargs_for_uns(kwargs))
+    _keep_source(adata, sdata)
     return sdata, adata
 
 
