@@ -30,7 +30,9 @@ Usage::
     xvfb-run -a -s "-screen 0 1600x1200x24" python benchmarks/scale.py --display --sizes 10000,100000
 
 ``--display``: the display rows instead (open, recolour by a gene / a category, hover, worst
-event-loop stall of a scripted pan/zoom) on synthetic Visium HD-like bins; see the display section.
+event-loop stall of a scripted pan/zoom) on synthetic Visium HD-like bins, and beside each size the
+same figures for napari-spatialdata on the same bins as a SpatialData ``.zarr`` (``--no-peers``:
+without them); see the display section.
 """
 
 from __future__ import annotations
@@ -383,6 +385,31 @@ def display_dataset(cache: Path, n_obs: int, n_genes: int, nnz_per_obs: int, see
     return path
 
 
+def _pan_zoom(viewer, timed) -> list[float]:
+    """The scripted pan/zoom: zoom in x1.5 steps to 40x, pan across, zoom out, pan at the full view;
+    the seconds of each step (with its draw)."""
+    timed(viewer.reset_view)
+    fit_zoom = float(viewer.camera.zoom)
+    steps: list[float] = []
+    zoom = fit_zoom
+    while zoom < 40 * fit_zoom:
+        zoom *= 1.5
+        steps.append(timed(lambda z=zoom: setattr(viewer.camera, "zoom", z)))
+    height, width = viewer.canvas.size
+    for _ in range(12):
+        center = np.asarray(viewer.camera.center, dtype=float)
+        center[-1] += 0.3 * width / viewer.camera.zoom
+        steps.append(timed(lambda c=tuple(center): setattr(viewer.camera, "center", c)))
+    while zoom > fit_zoom:
+        zoom /= 1.5
+        steps.append(timed(lambda z=zoom: setattr(viewer.camera, "zoom", z)))
+    for _ in range(6):  # pan at the full view
+        center = np.asarray(viewer.camera.center, dtype=float)
+        center[-2] += 0.05 * height / viewer.camera.zoom
+        steps.append(timed(lambda c=tuple(center): setattr(viewer.camera, "center", c)))
+    return steps
+
+
 def display_child(spec: dict) -> dict:
     """One size: open (read + show + first draw), recolours, hover, a scripted pan/zoom."""
     import warnings
@@ -449,29 +476,124 @@ def display_child(spec: dict) -> dict:
     status = str(viewer.status)
     out["hover_ok"] = adata.obs_names[i] in status and f"cell_type: {adata.obs['cell_type'].iloc[i]}" in status
 
-    # scripted pan/zoom: zoom in x1.5 steps to 40x, pan across, zoom out; worst step (incl. draw)
-    viewer.reset_view()
-    settle()
-    fit_zoom = float(viewer.camera.zoom)
-    steps: list[float] = []
-    zoom = fit_zoom
-    while zoom < 40 * fit_zoom:
-        zoom *= 1.5
-        steps.append(timed(lambda z=zoom: setattr(viewer.camera, "zoom", z)))
-    height, width = viewer.canvas.size
-    for _ in range(12):
-        center = np.asarray(viewer.camera.center, dtype=float)
-        center[-1] += 0.3 * width / viewer.camera.zoom
-        steps.append(timed(lambda c=tuple(center): setattr(viewer.camera, "center", c)))
-    while zoom > fit_zoom:
-        zoom /= 1.5
-        steps.append(timed(lambda z=zoom: setattr(viewer.camera, "zoom", z)))
-    for _ in range(6):  # pan at the full view
-        center = np.asarray(viewer.camera.center, dtype=float)
-        center[-2] += 0.05 * height / viewer.camera.zoom
-        steps.append(timed(lambda c=tuple(center): setattr(viewer.camera, "center", c)))
+    steps = _pan_zoom(viewer, timed)
     out.update(worst_stall_s=float(max(steps)), median_step_s=float(np.median(steps)), n_steps=len(steps),
                peak_rss_mb=_peak_rss_mb())
+    viewer.close()
+    return out
+
+
+#: the row of napari-spatialdata on the same data
+PEER = "napari-spatialdata"
+
+
+def display_sdata_dataset(cache: Path, n_obs: int, n_genes: int, nnz_per_obs: int, seed: int) -> Path:
+    """The same bins as :func:`display_adata`, as a SpatialData ``.zarr`` as spatialdata-io would
+    write it: circles of the bins (radius half a bin side) annotated by the table of counts
+    (``region``/``bin_id``), the hires image placed by ``Scale`` in the full-resolution "global"."""
+    path = cache / f"display_{n_obs}_{n_genes}_{nnz_per_obs}_{seed}.zarr"
+    if path.exists():
+        return path
+    import shutil
+
+    import pandas as pd
+    import spatialdata as sd
+    from spatialdata.models import Image2DModel, ShapesModel, TableModel
+    from spatialdata.transformations import Scale
+
+    adata = display_adata(n_obs, n_genes, nnz_per_obs, seed)
+    lib = adata.uns["spatial"]["lib"]
+    scalef = lib["scalefactors"]["tissue_hires_scalef"]
+    image = Image2DModel.parse(np.moveaxis(lib["images"]["hires"], -1, 0), dims=("c", "y", "x"), c_coords=["r", "g", "b"],
+                               transformations={"global": Scale([1 / scalef, 1 / scalef], axes=("x", "y"))})
+    ids = pd.Index(np.arange(n_obs), name="bin_id")
+    bins = ShapesModel.parse(adata.obsm["spatial"], geometry=0, radius=np.full(n_obs, BIN_PX / 2), index=ids)
+    obs = adata.obs[["cell_type", "total_counts"]].copy()
+    obs["region"] = pd.Categorical(["bins"] * n_obs)
+    obs["bin_id"] = ids.to_numpy()
+    from anndata import AnnData
+
+    table = TableModel.parse(AnnData(adata.X, obs=obs, var=adata.var), region="bins", region_key="region",
+                             instance_key="bin_id")
+    tmp = path.with_suffix(".tmp.zarr")
+    shutil.rmtree(tmp, ignore_errors=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    sd.SpatialData(images={"tissue": image}, shapes={"bins": bins}, tables={"table": table}).write(tmp)
+    tmp.rename(path)
+    return path
+
+
+def display_peer_child(spec: dict) -> dict:
+    """One size in napari-spatialdata, as its users open and colour data: ``spatialdata.read_zarr``,
+    ``Interactive(sdata)`` + ``add_element`` (image, then the circles: a Points layer), recolour
+    by a gene and by a category through its View widget; the same pan/zoom."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    from loguru import logger
+
+    logger.remove()  # its debug log on every layer update
+    import napari
+    import spatialdata as sd
+    from napari_spatialdata import Interactive
+    from qtpy.QtWidgets import QApplication
+
+    def settle() -> None:
+        for _ in range(3):
+            QApplication.processEvents()
+
+    def timed(action) -> float:
+        start = time.perf_counter()
+        action()
+        settle()
+        return time.perf_counter() - start
+
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1280, 800)
+    settle()
+    out: dict = {"code": PEER}
+    t0 = time.perf_counter()
+    sdata = sd.read_zarr(spec["path"])
+    t1 = time.perf_counter()
+    inter = Interactive(sdata, headless=True)
+    for name in ("tissue", "bins"):
+        inter.add_element(name, "global")
+        inter._sdata_widget.worker_thread.wait()  # it builds each layer in a QThread
+        QApplication.processEvents()
+    t2 = time.perf_counter()
+    settle()
+    t3 = time.perf_counter()
+    table = sdata.tables["table"]
+    out.update(read_s=t1 - t0, show_s=t2 - t1, first_draw_s=t3 - t2, open_s=t3 - t0,
+               input_csr_mb=csr_mb(table.X), rss_after_open_mb=_peak_rss_mb())
+    layer = viewer.layers["bins"]
+    out["n_points"] = len(layer.data)
+    view = viewer.window.dock_widgets["View (napari-spatialdata)"]
+    viewer.layers.selection.active = layer
+    settle()
+    X = table.X
+    genes = [str(g) for g in table.var_names[np.argsort(-np.asarray(X[:2000].sum(axis=0)).ravel())[:4]]]
+
+    def recolour(widget, key):
+        start = time.perf_counter()
+        widget._onAction([key])
+        called = time.perf_counter() - start
+        settle()
+        return called, time.perf_counter() - start
+
+    out["gene_first_s"], out["gene_first_drawn_s"] = recolour(view.var_widget, genes[0])
+    runs = [recolour(view.var_widget, g) for g in genes[1:]]
+    out["gene_s"] = float(np.median([r[0] for r in runs]))
+    out["gene_drawn_s"] = float(np.median([r[1] for r in runs]))
+    out["category_first_s"], out["category_first_drawn_s"] = recolour(view.obs_widget, "cell_type")
+    runs = [recolour(view.obs_widget, k) for k in ("total_counts", "cell_type", "cell_type")]
+    out["category_s"] = float(np.median([r[0] for r in runs[1:]]))
+    out["category_drawn_s"] = float(np.median([r[1] for r in runs[1:]]))
+    steps = _pan_zoom(viewer, timed)
+    out.update(worst_stall_s=float(max(steps)), median_step_s=float(np.median(steps)), n_steps=len(steps),
+               peak_rss_mb=_peak_rss_mb())
+    if out["n_points"] != len(table):
+        out["skipped"] = f"drew {out['n_points']:,} of {len(table):,} observations (subsampled)"
     viewer.close()
     return out
 
@@ -497,6 +619,29 @@ def display_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+PEER_NOTE = (
+    "Rows `napari-spatialdata`: the same bins as a SpatialData `.zarr` (circles of half a bin side + the "
+    "table + the image), opened as its users do (`spatialdata.read_zarr`, `Interactive(sdata)`, `add_element` "
+    "of the image and of the circles, drawn as one Points layer) and recoloured through its View widget (a "
+    "gene from `var`, `cell_type` from `obs`); same window, same pan/zoom script. `read` is `read_zarr` "
+    "(the table loaded, the image lazily), `show` the two `add_element` calls; no hover column (its status bar shows no "
+    "values). Our rows read an `.h5ad` of the same data.\n\n")
+
+
+def _run_display_child(spec: dict, timeout: float, code: str) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--display-child", json.dumps(spec)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              env=dict(os.environ, PYTHONWARNINGS="ignore"))
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        result = json.loads(lines[-1]) if lines and not proc.returncode else {
+            "error": f"exit {proc.returncode}: {(proc.stderr.strip().splitlines() or ['?'])[-1][:200]}"}
+    except subprocess.TimeoutExpired:
+        result = {"skipped": f"stopped after the {timeout:.0f} s time limit"}
+    result.setdefault("code", code)
+    return result
+
+
 def display_main(args) -> int:
     cache = Path(args.cache)
     rows = []
@@ -519,12 +664,18 @@ def display_main(args) -> int:
             result.setdefault("code", "before" if code else "now")
             rows.append({"size": n, "result": result})
             print(f"{n:>8} {result['code']:<7} {json.dumps(result)}", flush=True)
+        if args.peers:
+            rows.append({"size": n, "result": _run_display_child(
+                {"path": str(display_sdata_dataset(cache, n, args.genes, args.nnz_per_obs, args.seed)),
+                 "peer": PEER}, args.timeout, PEER)})
+            print(f"{n:>8} {PEER} {json.dumps(rows[-1]['result'])}", flush=True)
     date = _dt.date.today().isoformat()
     text = (f"# Display benchmark ({date})\n\n`xvfb-run -a -s \"-screen 0 1600x1200x24\" python benchmarks/scale.py "
             f"--display --sizes {args.sizes} --genes {args.genes} --nnz-per-obs {args.nnz_per_obs}"
             + (f" --before-code {args.before_code} --before-max {args.before_max}" if args.before_code else "")
+            + ("" if args.peers else " --no-peers")
             + f"`\n\nMachine: {os.cpu_count()} CPU cores, {_mem_available_mb() / 1e3:.0f} GB available.\n\n"
-            + display_table(rows) + "\n")
+            + (PEER_NOTE if args.peers else "") + display_table(rows) + "\n")
     out = Path(args.out) if args.out else HERE / "results" / f"display_{date}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
@@ -555,13 +706,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--before-code", default=None,
                         help="display: also run the code in this folder (its napari_spatialdl, e.g. a `git archive` of an older commit)")
     parser.add_argument("--before-max", type=int, default=100_000, help="display: largest size run with --before-code")
+    parser.add_argument("--no-peers", dest="peers", action="store_false",
+                        help="display: without the napari-spatialdata rows (same data, its own API)")
     parser.add_argument("--display-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return 0
     if args.display_child:
-        print(json.dumps(display_child(json.loads(args.display_child))))
+        spec = json.loads(args.display_child)
+        print(json.dumps(display_peer_child(spec) if spec.get("peer") else display_child(spec)))
         return 0
     if args.display:
         return display_main(args)
