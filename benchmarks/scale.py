@@ -670,7 +670,7 @@ def display_main(args) -> int:
                  "peer": PEER}, args.timeout, PEER)})
             print(f"{n:>8} {PEER} {json.dumps(rows[-1]['result'])}", flush=True)
     date = _dt.date.today().isoformat()
-    text = (f"# Display benchmark ({date})\n\n`xvfb-run -a -s \"-screen 0 1600x1200x24\" python benchmarks/scale.py "
+    text = (f"# Display benchmark{' beside napari-spatialdata' if args.peers else ''} ({date})\n\n`xvfb-run -a -s \"-screen 0 1600x1200x24\" python benchmarks/scale.py "
             f"--display --sizes {args.sizes} --genes {args.genes} --nnz-per-obs {args.nnz_per_obs}"
             + (f" --before-code {args.before_code} --before-max {args.before_max}" if args.before_code else "")
             + ("" if args.peers else " --no-peers")
