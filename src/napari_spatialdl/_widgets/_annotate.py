@@ -16,6 +16,7 @@ from ..layers import default_palette
 from ..tasks._derived import reference_colors
 from ._overlay import ResultView, color_by, save_borders
 from ._panel import TaskWidget
+from ._spatialdata_layers import spots_adata
 
 UNASSIGNED_COLOR = "#e6e6e6"
 UNASSIGNED_BORDER = "#404040"
@@ -48,7 +49,7 @@ class AnnotateView(ResultView):
         return self.keys.get("confidence", CONFIDENCE_KEY)
 
     def _prepare(self, layer: Any, result: Any) -> None:
-        adata = layer.metadata["adata"]
+        adata = spots_adata(layer)
         colors = reference_colors(self.context.get("reference"), self.context.get("labels_key"))
         col = adata.obs[self.label_key]
         cats = [str(c) for c in col.cat.categories] if hasattr(col, "cat") else sorted(map(str, col.dropna().unique()))

@@ -12,6 +12,7 @@ from .._constants import DOMINANT_KEY, PROPORTIONS_KEY
 from ..tasks._derived import derived_key, dominant_cell_type
 from ._overlay import ResultView, color_by
 from ._panel import TaskWidget
+from ._spatialdata_layers import spots_adata
 
 
 class DeconvolveView(ResultView):
@@ -44,7 +45,7 @@ class DeconvolveView(ResultView):
         return props if isinstance(props, pd.DataFrame) else pd.DataFrame(np.asarray(props))
 
     def _prepare(self, layer: Any, result: Any) -> None:
-        dominant_cell_type(layer.metadata["adata"], proportions_key=self.proportions_key,
+        dominant_cell_type(spots_adata(layer), proportions_key=self.proportions_key,
                            reference=self.context.get("reference"), labels_key=self.context.get("labels_key"))
 
     def _fill(self, adata: Any) -> None:

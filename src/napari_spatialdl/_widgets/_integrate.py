@@ -10,6 +10,7 @@ from .._constants import CLUSTERS_KEY, LATENT_KEY
 from ..tasks._derived import cluster_latent, derived_key
 from ._overlay import ResultView, color_by, warm_imports
 from ._panel import TaskWidget
+from ._spatialdata_layers import spots_adata
 
 
 class IntegrateView(ResultView):
@@ -55,7 +56,7 @@ class IntegrateView(ResultView):
 
     def _prepare(self, layer: Any, result: Any) -> None:
         done = getattr(result, "info", {}).get("display_clusters") if result is not None else None
-        adata = layer.metadata["adata"]
+        adata = spots_adata(layer)
         if done and self.clusters_key in adata.obs:
             self.method_used = done
         else:

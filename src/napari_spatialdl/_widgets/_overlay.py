@@ -22,6 +22,7 @@ from ..layers import DIMMED_IMAGE_OPACITY
 from ..layers import META_DIMMED as _DIMMED
 from ..tasks import get_spec, list_methods, run_records
 from ._compat import real
+from ._spatialdata_layers import spots_adata
 
 _BORDER_META = "spatialdl_default_border"
 NO_RESULT = "No result yet: press Run above."
@@ -217,7 +218,7 @@ class ResultView(QWidget):
 
     @property
     def adata(self) -> Any:
-        return None if self.layer is None else self.layer.metadata.get("adata")
+        return spots_adata(self.layer)
 
     @property
     def keys(self) -> dict[str, str]:
@@ -282,7 +283,7 @@ class ResultView(QWidget):
         """After a run: derive what the view needs from ``result`` and draw it on ``layer``."""
         self.context.update(context)
         layer = real(layer)
-        records = results_of(layer.metadata["adata"], self.task)
+        records = results_of(spots_adata(layer), self.task)
         main = next((v for k, v in (result.keys or {}).items() if "_" not in k), None) if result else None
         name = next((r["name"] for r in reversed(records) if main in r["keys"].values()), None)
         self.layer, self.record = None, next((r for r in records if r["name"] == name), None)

@@ -33,6 +33,7 @@ from ._panel_inputs import ROW_LABELS, PanelInputs
 from ._params import NONE_TEXT, ParamPanel
 from ._reference import ReferencePicker
 from ._runner import TaskRun, error_message
+from ._spatialdata_layers import spots_adata
 
 
 class TaskWidget(PanelInputs, NarrowPanel):
@@ -160,7 +161,7 @@ class TaskWidget(PanelInputs, NarrowPanel):
     @property
     def adata(self) -> Any:
         layer = self.spots_layer
-        return None if layer is None else layer.metadata["adata"]
+        return spots_adata(layer)
 
     @property
     def method_name(self) -> str | None:

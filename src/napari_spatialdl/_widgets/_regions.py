@@ -54,6 +54,7 @@ from ._regions_geometry import (
     spots_world_yx,
     to_world,
 )
+from ._spatialdata_layers import spots_adata
 
 if TYPE_CHECKING:
     import napari
@@ -307,7 +308,7 @@ class RegionsWidget(NarrowPanel):
             raise ValueError("type the name of the obs column to write (e.g. 'annotated_region')")
         if key != self.key.text():
             self.key.setText(key)
-        adata = points.metadata["adata"]
+        adata = spots_adata(points)
         regions = regions_of_spots(points, shapes)
         names = shape_names(shapes)
         column = write_regions(adata, key, regions, shapes=shapes_in_spots_space(points, shapes),

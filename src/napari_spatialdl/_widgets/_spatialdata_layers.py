@@ -261,6 +261,15 @@ def ensure_spots_layer(layer: Any) -> bool:
     return True
 
 
+def spots_adata(layer: Any) -> Any | None:
+    """Our AnnData of a spots ``layer`` (None when it is not one), put back first where
+    napari-spatialdata's View widget replaced ``metadata['adata']`` with its table."""
+    if layer is None:
+        return None
+    ensure_spots_layer(layer)
+    return layer.metadata.get(META_ADATA)
+
+
 def not_offered(viewer: Any) -> list[str]:
     """Why each napari-spatialdata layer of ``viewer`` with spots-like content is not a spots layer."""
     out = []
@@ -324,4 +333,5 @@ def link_layer(layer: Any) -> None:
         md.setdefault(key, value)
 
 
-__all__ = ["META_OURS", "adopt", "ensure_spots_layer", "link_layer", "napari_spatialdata_links", "not_offered"]
+__all__ = ["META_OURS", "adopt", "ensure_spots_layer", "link_layer", "napari_spatialdata_links", "not_offered",
+           "spots_adata"]

@@ -25,6 +25,7 @@ from ..layers import (
 from ._compat import real, shown_points_class
 from ._legend import ensure_legend, is_spots_layer, show_scale_bar
 from ._overview import attach_overview, needs_overview
+from ._spatialdata_layers import napari_spatialdata_links, spots_adata
 
 
 def show(
@@ -91,6 +92,9 @@ def show(
     viewer = real(viewer) if viewer is not None else (napari.current_viewer() or napari.Viewer())
     points_kwargs = next(kwargs for _, kwargs, kind in data if kind == "points")
     _true_geometry(adata, points_kwargs)
+    # what napari-spatialdata's View widget needs to colour the layer from this AnnData (results
+    # included); not its SpatialData link, with which the widget would show the table without them
+    points_kwargs.setdefault("metadata", {}).update(napari_spatialdata_links(adata, with_sdata=False))
     # many spots: a Points layer that draws only its shown spots, under an overview image
     culled = shown_points_class() if needs_overview(adata.n_obs) else None
     if culled is not None:
@@ -246,7 +250,7 @@ def color_spots(
     LegendInfo
         What the legend shows.
     """
-    adata = layer.metadata.get(META_ADATA)
+    adata = spots_adata(layer)  # ours, where napari-spatialdata's View widget replaced it
     if adata is None:
         raise ValueError(
             f"Layer {layer.name!r} has no AnnData in metadata['adata']: it was not made by "
