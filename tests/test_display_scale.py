@@ -92,6 +92,18 @@ def test_matrix_column_formats_without_densifying():
             np.testing.assert_array_equal(L.matrix_column(NoDenseCSR(dense), j), dense[:, j])
     finally:
         L._SCAN_BLOCK, L._PARALLEL_SCAN = old
+    # blocks of whole rows: empty rows, a row longer than a block, several threads
+    rng = np.random.default_rng(2)
+    wide = rng.random((60, 25)) * (rng.random((60, 25)) < 0.3)
+    wide[[0, 7, 8, 30, 59]] = 0.0
+    wide[12] = rng.random(25) + 1.0
+    try:
+        for block, parallel in ((1 << 20, 1 << 30), (5, 0), (3, 0), (40, 0)):
+            L._SCAN_BLOCK, L._PARALLEL_SCAN = block, parallel
+            for j in range(25):
+                np.testing.assert_array_equal(L.matrix_column(NoDenseCSR(wide), j), wide[:, j])
+    finally:
+        L._SCAN_BLOCK, L._PARALLEL_SCAN = old
     # duplicate entries are summed, as toarray() would
     dup = sp.csr_matrix((np.array([1.0, 2.0, 3.0]), np.array([1, 1, 2]), np.array([0, 2, 3])), shape=(2, 4))
     np.testing.assert_array_equal(L.matrix_column(dup, 1), [3.0, 0.0])
@@ -157,6 +169,43 @@ def test_overview_hover_finds_the_top_spot_where_spots_share_a_pixel():
     img = ov.image.data.reshape(-1, 4)
     for f, i in list(last.items())[:50]:
         np.testing.assert_array_equal(img[f], np.round(layer.face_color[i] * 255).astype(np.uint8))
+
+
+def test_overview_of_a_grid_one_spot_per_pixel():
+    """Bins on a grid (one spot per overview pixel, the usual large layer): every pixel shows its
+    spot's colour, the hover finds the spot under the cursor (and none between far-apart spots)."""
+    from napari.components import ViewerModel
+
+    from napari_spatialdl._widgets import _overview
+    from napari_spatialdl._widgets._compat import shown_points_class
+
+    rng = np.random.default_rng(4)
+    side = 30
+    row, col = np.divmod(np.arange(side * side), side)
+    data = np.stack([row, col], 1) * 10.0 + 5.0
+    data = data[rng.permutation(len(data))]  # in no particular order
+    colours = rng.random((len(data), 4))
+    colours[:, 3] = 1.0
+    viewer = ViewerModel()
+    layer = viewer.add_layer(shown_points_class()(data, size=10.0, face_color=colours, shown=False))
+    old = _overview._RASTER_CHUNK
+    try:
+        _overview._RASTER_CHUNK = 64  # several chunks
+        ov = _overview.SpotsOverview(viewer, layer, max_drawn=10)
+    finally:
+        _overview._RASTER_CHUNK = old
+    assert ov.mode == "overview" and ov.shape == (side, side) and ov._top is not None
+    img = ov.image.data
+    pix = np.floor((data - ov.origin) / ov.pitch).astype(int)
+    np.testing.assert_array_equal(img[pix[:, 0], pix[:, 1]], np.round(colours * 255).astype(np.uint8))
+    for i in rng.choice(len(data), 60, replace=False):
+        for offset in ((0.0, 0.0), (4.0, -4.0), (-4.5, 4.5)):
+            assert ov.spot_at(layer.data_to_world(data[i] + offset)) == i
+    assert ov.spot_at(layer.data_to_world(data.min(axis=0) - 30.0)) is None
+    # a recolour redraws the image
+    layer.face_color = colours[::-1].copy()
+    np.testing.assert_array_equal(ov.image.data[pix[:, 0], pix[:, 1]],
+                                  np.round(colours[::-1] * 255).astype(np.uint8))
 
 
 # ---------------------------------------------------------------------------- in a viewer

@@ -213,32 +213,50 @@ _SCAN_BLOCK = 1 << 20
 _PARALLEL_SCAN = 16_000_000
 
 
-def _scan_column(indices: np.ndarray, j: int, start: int, stop: int) -> np.ndarray:
-    found = [np.flatnonzero(indices[s : min(stop, s + _SCAN_BLOCK)] == j) + s
-             for s in range(start, stop, _SCAN_BLOCK)]
-    return np.concatenate(found) if found else np.zeros(0, dtype=np.intp)
+def _scan_rows(indices: np.ndarray, indptr: np.ndarray, j: int, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and positions (ascending) of the entries of column ``j`` in the blocks of rows
+    ``bounds[k]:bounds[k + 1]``: one comparison per stored entry of a block (a block of indices
+    stays in cache), the rows looked up in that block's part of ``indptr``."""
+    rows, positions = [], []
+    for r0, r1 in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        start, stop = int(indptr[r0]), int(indptr[r1])
+        hits = np.flatnonzero(indices[start:stop] == j)
+        if not len(hits):
+            continue
+        hits += start
+        positions.append(hits)
+        rows.append(np.searchsorted(indptr[r0 : r1 + 1], hits, side="right") - 1 + r0)
+    if not rows:
+        return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp)
+    return np.concatenate(rows), np.concatenate(positions)
 
 
-def _csr_column_positions(indices: np.ndarray, j: int) -> np.ndarray:
-    """Positions of the entries of column ``j`` in a CSR ``indices`` array (ascending)."""
-    nnz = len(indices)
-    workers = min(4, os.cpu_count() or 1) if nnz > _PARALLEL_SCAN else 1
-    if workers == 1:
-        return _scan_column(indices, j, 0, nnz)
+def _csr_column_entries(indices: np.ndarray, indptr: np.ndarray, j: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and positions of the entries of column ``j`` of a CSR matrix (ascending), scanning
+    its stored column indices in blocks of rows of about :data:`_SCAN_BLOCK` entries, by several
+    threads for a large matrix (numpy's comparisons release the GIL)."""
+    nnz = int(indptr[-1])
+    n_rows = len(indptr) - 1
+    # row boundaries every _SCAN_BLOCK entries (a block holds whole rows)
+    bounds = np.unique(np.r_[0, np.searchsorted(indptr, np.arange(_SCAN_BLOCK, nnz, _SCAN_BLOCK), side="left"),
+                             n_rows]).astype(np.int64)
+    workers = min(4, os.cpu_count() or 1, len(bounds) - 1) if nnz > _PARALLEL_SCAN else 1
+    if workers <= 1:
+        return _scan_rows(indices, indptr, j, bounds)
     from concurrent.futures import ThreadPoolExecutor
 
-    bounds = np.linspace(0, nnz, workers + 1).astype(np.int64)
-    with ThreadPoolExecutor(workers) as pool:  # numpy's comparisons release the GIL
-        parts = list(pool.map(lambda b: _scan_column(indices, j, int(b[0]), int(b[1])),
-                              zip(bounds[:-1], bounds[1:])))
-    return np.concatenate(parts)
+    cuts = np.linspace(0, len(bounds) - 1, workers + 1).astype(np.int64)
+    with ThreadPoolExecutor(workers) as pool:
+        parts = list(pool.map(lambda c: _scan_rows(indices, indptr, j, bounds[c[0] : c[1] + 1]),
+                              zip(cuts[:-1].tolist(), cuts[1:].tolist())))
+    return np.concatenate([r for r, _ in parts]), np.concatenate([q for _, q in parts])
 
 
 def matrix_column(matrix: Any, j: int) -> np.ndarray:
     """Column ``j`` of an observations x genes matrix as float64, without densifying the matrix.
 
-    CSC: the column's slice. CSR: one vectorised pass over the stored column indices (blocks,
-    several threads for large matrices), then the rows found from ``indptr``; duplicate entries
+    CSC: the column's slice. CSR: one vectorised pass over the stored column indices (blocks of
+    rows, several threads for large matrices), each block's rows found in its part of ``indptr``; duplicate entries
     are summed as ``toarray`` would. Dense arrays: the column. Anything else (backed/lazy
     matrices): ``matrix[:, j]``, then that one column made dense.
 
@@ -255,8 +273,7 @@ def matrix_column(matrix: Any, j: int) -> np.ndarray:
         start, stop = int(matrix.indptr[j]), int(matrix.indptr[j + 1])
         rows, vals = np.asarray(matrix.indices[start:stop]), np.asarray(matrix.data[start:stop])
     elif fmt == "csr":
-        pos = _csr_column_positions(np.asarray(matrix.indices), j)
-        rows = np.searchsorted(np.asarray(matrix.indptr), pos, side="right") - 1
+        rows, pos = _csr_column_entries(np.asarray(matrix.indices), np.asarray(matrix.indptr), j)
         vals = np.asarray(matrix.data)[pos]
     elif isinstance(matrix, np.ndarray):
         return np.asarray(matrix[:, j], dtype=np.float64).ravel()
@@ -591,8 +608,12 @@ def color_for(
 
     x = np.asarray(values, dtype=np.float64).ravel()
     finite = np.isfinite(x)
+    all_finite = bool(finite.all())
+    present = x if all_finite else x[finite]
+    vmin, vmax = (float(present.min()), float(present.max())) if len(present) else (0.0, 1.0)
+    del present
     if contrast_limits is None:
-        lo, hi = (float(x[finite].min()), float(x[finite].max())) if finite.any() else (0.0, 1.0)
+        lo, hi = vmin, vmax
     else:
         lo, hi = (float(contrast_limits[0]), float(contrast_limits[1]))
         if not (np.isfinite(lo) and np.isfinite(hi)) or hi < lo:
@@ -605,23 +626,32 @@ def color_for(
             "plasma, cividis, Reds, Blues, coolwarm."
         ) from err
     span = hi - lo
-    # one value everywhere: the low end of the colormap (not a mid colour that reads as "medium")
-    scaled = np.clip((x - lo) / span, 0.0, 1.0) if span > 0 else np.zeros_like(x)
-    # the colormap's own lookup table, indexed as matplotlib does (int(x * N), 1.0 -> N - 1):
-    # the same colours as colormap(scaled), without its float64 (n, 4) intermediate
+    # the colormap's own lookup table, indexed as matplotlib does (int(x * N), 1.0 -> N - 1) on
+    # clip((x - lo) / span, 0, 1): the same colours as colormap(scaled), without its float64
+    # (n, 4) intermediate; the same float operations done in place (one temporary)
     size = int(colormap.N)
     lut = np.asarray(colormap(np.arange(size) / max(size - 1, 1)), dtype=np.float32)
-    index = np.where(finite, scaled, 0.0)
-    index *= size
-    index = np.minimum(index.astype(np.intp), size - 1)
+    if span > 0:
+        scaled = np.subtract(x, lo)
+        scaled /= span
+        np.clip(scaled, 0.0, 1.0, out=scaled)
+        if not all_finite:
+            scaled[~finite] = 0.0
+        scaled *= size
+        index = scaled.astype(np.intp)
+        del scaled
+        np.minimum(index, size - 1, out=index)
+    else:  # one value everywhere: the low end of the colormap (not a mid colour that reads as "medium")
+        index = np.zeros(len(x), dtype=np.intp)
     rgba = lut[index]
-    rgba[~finite] = _to_rgba([NA_COLOR])[0]
+    if not all_finite:
+        rgba[~finite] = _to_rgba([NA_COLOR])[0]
     note = ""
-    if finite.any() and float(x[finite].min()) == float(x[finite].max()):
-        note = f"Every spot has the value {_number(float(x[finite].min()))}."
+    if len(x) and (all_finite or finite.any()) and vmin == vmax:
+        note = f"Every spot has the value {_number(vmin)}."
     legend = LegendInfo(
-        kind="numeric", label=label, cmap=cmap, limits=(lo, hi), n_missing=int((~finite).sum()),
-        note=note,
+        kind="numeric", label=label, cmap=cmap, limits=(lo, hi),
+        n_missing=0 if all_finite else int(len(x) - np.count_nonzero(finite)), note=note,
     )
     return rgba, legend
 
@@ -771,7 +801,8 @@ def spatial_layers(
                                 "contrast_limits": contrast_limits}
         face = rgba
     else:
-        face = np.tile(_to_rgba(["#ff7f0e"]), (adata.n_obs, 1))  # plain orange spots
+        # plain orange spots (one colour seen n times: napari makes its own array of them)
+        face = np.broadcast_to(_to_rgba(["#ff7f0e"]), (adata.n_obs, 4))
     points_kwargs = {
         "name": f"{base} spots" if base else "spots",
         "size": float(diameter),
@@ -836,11 +867,10 @@ def saved_display(adata: Any) -> dict[str, Any] | None:
         ``contrast_limits``), or None when there is no record, it is damaged, or its key no longer
         names anything in ``adata`` (the spots are then shown plain).
     """
-    import matplotlib
-
     record = adata.uns.get(DISPLAY_KEY) if hasattr(adata, "uns") else None
     if not isinstance(record, Mapping):
         return None
+    import matplotlib
     key = record.get("key")
     if not isinstance(key, str | np.str_) or not str(key):
         return None

@@ -40,6 +40,8 @@ MARGINS = (4.0, 2.0, 1.0, 0.5, 0.25)
 #: zoomed in to less than this fraction of the view area the shown spots were picked for: pick
 #: again (fewer spots to draw)
 RESHOW_AREA = 0.25
+#: spots converted to the overview's 8-bit colours at a time
+_RASTER_CHUNK = 1 << 16
 #: metadata keys: on the spots layer (the controller) and on the overview image (a flag)
 META_OVERVIEW = "spatialdl_overview"
 OVERVIEW_FLAG = "spatialdl_overview_image"
@@ -94,28 +96,44 @@ class SpotsOverview:
         self.n = len(data)
 
         sizes = np.asarray(layer.size, dtype=np.float64).ravel()
-        finite = sizes[np.isfinite(sizes) & (sizes > 0)]
-        pitch = float(np.median(finite)) if len(finite) else 1.0
+        if len(sizes) and np.isfinite(sizes[0]) and sizes[0] > 0 and sizes.min() == sizes.max():
+            pitch = float(sizes[0])  # one size for all (the usual case): no median of a copy
+        else:
+            finite = sizes[np.isfinite(sizes) & (sizes > 0)]
+            pitch = float(np.median(finite)) if len(finite) else 1.0
         lo, hi = data.min(axis=0), data.max(axis=0)
         extent = hi - lo + pitch
         pitch = max(pitch, float(extent.max()) / MAX_RASTER_SIDE)
         self.pitch = pitch
         self.origin = lo - pitch / 2.0
         self.shape = tuple(int(s) for s in np.maximum(np.ceil((hi - self.origin) / pitch), 1).astype(int))
-        pix = np.floor((data - self.origin) / pitch).astype(np.int64)
-        np.clip(pix, 0, np.asarray(self.shape) - 1, out=pix)
-        flat = pix[:, 0] * self.shape[1] + pix[:, 1]
+        # each spot's pixel (the image has at most MAX_RASTER_SIDE**2 pixels: int32 indices)
+        scaled = data - self.origin
+        scaled /= pitch
+        np.floor(scaled, out=scaled)
+        np.clip(scaled, 0, np.asarray(self.shape) - 1, out=scaled)
+        pix = scaled.astype(np.int32)
+        del scaled
+        flat = pix[:, 0] * np.int32(self.shape[1])
+        flat += pix[:, 1]
         # each pixel shows the last spot in it (napari draws later points on top)
-        uniq, first_from_end = np.unique(flat[::-1], return_index=True)
-        self._pixels = uniq
-        self._who = (self.n - 1 - first_from_end).astype(np.int64)
-        # every spot by its pixel (all of them, also those hidden under a later one): for the hover
-        self._by_pixel = np.argsort(flat, kind="stable")
-        self._sorted_pixels = flat[self._by_pixel]
+        top = np.full(self.shape[0] * self.shape[1], -1, dtype=np.int32)
+        np.maximum.at(top, flat, np.arange(self.n, dtype=np.int32))
+        self._pixels = np.flatnonzero(top >= 0)
+        self._who = top[self._pixels]
+        # the hover: with one spot per pixel on a dense raster, the pixel's spot (this array);
+        # else every spot by its pixel (sorted on the first hover, see _spots_by_pixel)
+        self._top = top if len(self._pixels) == self.n and top.size <= 4 * self.n else None
+        self._flat = None if self._top is not None else flat
+        self._by_pixel: np.ndarray | None = None
+        self._sorted_pixels: np.ndarray | None = None
         # coarse counts (summed-area table) to tell how many spots a box holds without a scan
         self._grid = np.maximum(np.ceil(np.asarray(self.shape) / COUNT_GRID), 1).astype(np.int64)
         gshape = -(-np.asarray(self.shape) // self._grid)
-        cells = (pix[:, 0] // self._grid[0]) * gshape[1] + pix[:, 1] // self._grid[1]
+        cells = pix[:, 0] // np.int32(self._grid[0])
+        cells *= np.int32(gshape[1])
+        cells += pix[:, 1] // np.int32(self._grid[1])
+        del pix
         counts = np.bincount(cells, minlength=int(gshape[0] * gshape[1])).reshape(gshape)
         self._sat = np.zeros((gshape[0] + 1, gshape[1] + 1), dtype=np.int64)
         self._sat[1:, 1:] = counts.cumsum(0).cumsum(1)
@@ -155,10 +173,18 @@ class SpotsOverview:
     # ------------------------------------------------------------------------- drawing
 
     def _raster(self) -> np.ndarray:
-        rgba = np.asarray(self.layer.face_color, dtype=np.float32)
+        rgba = np.asarray(self.layer.face_color)
         img = np.zeros((self.shape[0] * self.shape[1], 4), dtype=np.uint8)
         if len(rgba) == self.n:
-            img[self._pixels] = np.clip(rgba[self._who] * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            words = img.view(np.uint32).ravel()  # one 32-bit RGBA word per pixel
+            # in chunks: the float temporaries stay small (and their memory is reused)
+            for start in range(0, len(self._who), _RASTER_CHUNK):
+                who = self._who[start : start + _RASTER_CHUNK]
+                top = rgba[who].astype(np.float32)  # the colours of the spots on top, 0..1
+                top *= 255.0
+                top += 0.5
+                np.clip(top, 0, 255, out=top)
+                words[self._pixels[start : start + _RASTER_CHUNK]] = top.astype(np.uint8).view(np.uint32).ravel()
         return img.reshape(self.shape[0], self.shape[1], 4)
 
     def recolour(self, event: Any = None) -> None:
@@ -247,15 +273,30 @@ class SpotsOverview:
         if not len(rows) or not len(cols):
             return None
         pixels = (rows[:, None] * self.shape[1] + cols[None, :]).ravel()
-        lo = np.searchsorted(self._sorted_pixels, pixels, side="left")
-        hi = np.searchsorted(self._sorted_pixels, pixels, side="right")
-        if not (hi > lo).any():
-            return None
-        cand = np.concatenate([self._by_pixel[a:b] for a, b in zip(lo, hi) if b > a])
+        if self._top is not None:  # one spot per pixel
+            cand = self._top[pixels]
+            cand = cand[cand >= 0].astype(np.int64)
+            if not len(cand):
+                return None
+        else:
+            by_pixel, sorted_pixels = self._spots_by_pixel()
+            lo = np.searchsorted(sorted_pixels, pixels, side="left")
+            hi = np.searchsorted(sorted_pixels, pixels, side="right")
+            if not (hi > lo).any():
+                return None
+            cand = np.concatenate([by_pixel[a:b] for a, b in zip(lo, hi) if b > a])
         half = np.asarray(self.layer.size, dtype=float).ravel()
         half = (half[cand] if len(half) == self.n else np.full(len(cand), half[0])) / 2.0
         hit = cand[np.all(np.abs(self._data[cand] - x) <= half[:, None], axis=1)]
         return int(hit.max()) if len(hit) else None
+
+    def _spots_by_pixel(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every spot ordered by its pixel, and those pixels (built on the first hover: only
+        layers where several spots share a pixel need it)."""
+        if self._by_pixel is None:
+            self._by_pixel = np.argsort(self._flat, kind="stable")
+            self._sorted_pixels = self._flat[self._by_pixel]
+        return self._by_pixel, self._sorted_pixels
 
     def hover_items(self, index: int) -> list[str]:
         """``"name: value"`` of every feature of spot ``index`` (barcode first), as napari shows them."""
