@@ -321,54 +321,6 @@ def test_read_h5ad_bad_spatial_metadata(tmp_path: Path, visium: ad.AnnData):
         read_h5ad(tmp_path / "junk.h5ad")
 
 
-def test_read_h5ad_sparse_x_read_beside_the_rest_is_the_files(tmp_path: Path, monkeypatch):
-    """A sparse X is read in a thread while the rest of the file is read: the AnnData is anndata's
-    own read of the file (X's class, dtypes and arrays exactly; raw, layers, obs, obsm, uns)."""
-    from napari_spatialdl.io import _h5ad
-
-    rng = np.random.default_rng(0)
-    X = sp.random(300, 40, density=0.2, format="csr", dtype=np.float32, random_state=1)
-    X.indptr = X.indptr.astype(np.int64)
-    a = ad.AnnData(X, obs=pd.DataFrame({"kind": pd.Categorical(rng.choice(["x", "y"], 300)),
-                                        "depth": rng.random(300)}, index=[f"c{i}" for i in range(300)]),
-                   var=pd.DataFrame(index=[f"g{j}" for j in range(40)]))
-    a.obsm["spatial"] = rng.random((300, 2)) * 100
-    a.layers["counts"] = X.tocsc()
-    a.raw = a.copy()
-    a.uns["note"] = {"k": np.arange(3)}
-    monkeypatch.setattr(_h5ad, "_READ_SLICE", 97)  # many slices per array
-    for fmt in ("csr", "csc"):
-        if fmt == "csc":
-            a.X = X.tocsc()
-        path = tmp_path / f"{fmt}.h5ad"
-        a.write_h5ad(path)
-        fast = _h5ad._read_parallel(path)
-        assert fast is not None  # the threaded read was taken
-        want = ad.read_h5ad(path)
-        assert type(fast.X) is type(want.X)
-        for name in ("data", "indices", "indptr"):
-            got, expected = getattr(fast.X, name), getattr(want.X, name)
-            assert got.dtype == expected.dtype
-            np.testing.assert_array_equal(got, expected)
-        assert fast.X.shape == want.X.shape
-        pd.testing.assert_frame_equal(fast.obs, want.obs)
-        pd.testing.assert_frame_equal(fast.var, want.var)
-        np.testing.assert_array_equal(fast.obsm["spatial"], want.obsm["spatial"])
-        assert (fast.layers["counts"] != want.layers["counts"]).nnz == 0
-        assert (fast.raw.X != want.raw.X).nnz == 0 and list(fast.raw.var_names) == list(want.raw.var_names)
-        np.testing.assert_array_equal(fast.uns["note"]["k"], [0, 1, 2])
-        # read_h5ad reads so (and still checks the spatial metadata)
-        back = read_h5ad(path)
-        assert type(back.X) is type(want.X)
-        np.testing.assert_array_equal(back.X.data, want.X.data)
-        np.testing.assert_array_equal(back.X.indices, want.X.indices)
-    # dense X (or an older layout): anndata's own reader
-    dense = ad.AnnData(np.ones((3, 2), dtype=np.float32))
-    dense.write_h5ad(tmp_path / "dense.h5ad")
-    assert _h5ad._read_parallel(tmp_path / "dense.h5ad") is None
-    np.testing.assert_array_equal(read_h5ad(tmp_path / "dense.h5ad", validate=False).X, np.ones((3, 2)))
-
-
 def test_read_counts_csv_spatial(hippo: Path):
     a = read_counts_csv(hippo / "spatial/counts.csv", hippo / "spatial/coords.csv")
     assert a.shape == (313, 276)
