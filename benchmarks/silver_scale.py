@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="400,10000,100000", help="comma-separated numbers of spots (the first: the band)")
     ap.add_argument("--seeds", type=int, default=5, help="seeds of the first size (the noise band)")
+    ap.add_argument("--large-seeds", type=int, default=1, help="seeds of each larger size")
     ap.add_argument("--methods", default="spatialdl,nnls")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -109,12 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     reference, _ = P.load_hippocampus()
     rows = []
     for i, n in enumerate(sizes):
-        for seed in range(args.seeds if i == 0 else 1):
+        for seed in range(args.seeds if i == 0 else args.large_seeds):
             rows += run(n, seed, methods, reference)
     df = pd.DataFrame(rows)
     text = (f"# Deconvolution silver standard at scale ({time.strftime('%Y-%m-%d %H:%M')})\n\n"
             f"Command: `python benchmarks/silver_scale.py --sizes {args.sizes} --seeds {args.seeds} "
-            f"--methods {args.methods}`\n\nReference: hippocampus, {reference.n_obs} cells x {reference.n_vars} "
+            f"--large-seeds {args.large_seeds} --methods {args.methods}`\n\nReference: hippocampus, {reference.n_obs} cells x {reference.n_vars} "
             "genes (half simulates the spots, half is the reference). `peak_rss_mb`: of the whole process so far.\n\n"
             + table(df) + "\n\n## Within the noise of 400 spots?\n\n" + verdict(df, sizes[0]) + "\n")
     print(text)

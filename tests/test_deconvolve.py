@@ -511,3 +511,35 @@ def test_a_cell_type_with_one_reference_cell_is_refused_like_annotation(data):
     for task in (sdl.deconvolve, sdl.annotate):
         with pytest.raises(InputError, match="'lonely' \\(1 cell\\)"):
             task(spatial, ref, "cell_type", method="nnls" if task is sdl.deconvolve else "logreg")
+
+
+def test_signatures_refined_on_a_subset_then_held_for_every_spot(data):
+    # many spots: the signatures are refined on a subset, then every spot's abundances are fitted
+    # with them fixed; the spots outside the subset are recovered as well as the others
+    spatial, reference, truth = data
+    model = SpotDeconvolution(list(spatial.var_names), TYPES, list(spatial.obs_names))
+    gen = model.fit(spatial.X, reference.X, reference.obs["cell_type"].to_numpy(), refine_spots=60, seed=0)
+    stages, held = [], None
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            history = stop.value
+            break
+        if event.stage == "abundances" and held is None:
+            held = model.signatures()  # after the first step of the second stage
+        stages.append(event.stage)
+    # one stage after the other, each named in the progress (the GUI's loss plot and status)
+    assert stages[0] == "signatures" and stages[-1] == "abundances"
+    assert stages == sorted(stages, key=["signatures", "abundances"].index)
+    np.testing.assert_array_equal(model.signatures(), held)
+    assert history.n_epochs == len([s for s in stages if s in ("signatures", "abundances")])
+    props = pd.DataFrame(model.proportions(), index=spatial.obs_names, columns=TYPES)
+    subset = np.sort(np.random.default_rng(0).choice(spatial.n_obs, 60, replace=False))
+    outside = np.setdiff1d(np.arange(spatial.n_obs), subset)
+    assert rmse(props.iloc[outside], truth.iloc[outside]) < 0.08
+    # and as accurate as refining on every spot
+    joint = SpotDeconvolution(list(spatial.var_names), TYPES, list(spatial.obs_names))
+    run_to_end(joint.fit(spatial.X, reference.X, reference.obs["cell_type"].to_numpy(), refine_spots=None))
+    assert abs(rmse(props, truth) - rmse(pd.DataFrame(joint.proportions(), index=spatial.obs_names,
+                                                       columns=TYPES), truth)) < 0.02

@@ -48,3 +48,26 @@ def test_rows_outside_the_batch_do_not_move_on_momentum():
     assert (rows.detach()[second] != after_first[second]).all()
     # each row counted its own step: both batches moved by the same first-step amount (lr)
     np.testing.assert_allclose((after_first[second] - rows.detach()[second]).numpy(), 0.1, rtol=1e-4)
+
+
+def test_a_rows_update_does_not_depend_on_how_many_rows_share_the_mean():
+    # the loss is a mean over rows, so one row's gradient shrinks as 1/n; Adam's eps must not then
+    # swamp it (at 100k deconvolution spots it did, and the abundances stopped short)
+    g = torch.Generator().manual_seed(1)
+    n = 20_000
+    target = torch.randn(n, 2, generator=g)
+    weight = 10 ** (-4 * torch.rand(n, 1, generator=g))  # rows with small gradients of their own
+
+    def fit(rows_target, rows_weight, steps=30):
+        p = per_observation(torch.nn.Parameter(torch.zeros_like(rows_target)))
+        opt = Adam([p], lr=0.05)
+        for _ in range(steps):
+            opt.zero_grad()
+            (rows_weight * (p - rows_target) ** 2).sum(dim=1).mean().backward()
+            opt.step(None)
+        return p.detach()
+
+    together = fit(target, weight)
+    for i in (0, 1, 2, 3, 4, n - 1):
+        alone = fit(target[i:i + 1], weight[i:i + 1])
+        np.testing.assert_allclose(together[i].numpy(), alone[0].numpy(), rtol=1e-4, atol=1e-6)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -123,7 +123,10 @@ class Adam:
     when :meth:`step` is given the batch's ``rows``: only those rows move, each with its own step
     count. Dense Adam would keep moving the rows a batch does not hold on their momentum alone
     (several steps per epoch on stale gradients), which biases such parameters as soon as the
-    data no longer fits one batch. With every row in the batch the update is the dense one.
+    data no longer fits one batch. With every row in the batch the update is the dense one,
+    except that ``eps`` is compared with each row's gradient as if the loss were that row's alone
+    (the loss is a mean over rows, so a row's gradient is 1/n of it): a row then moves the same
+    however many rows share the batch.
     """
 
     def __init__(self, params: list[torch.nn.Parameter], lr: float = 1e-3,
@@ -187,7 +190,11 @@ class Adam:
         shape = (-1,) + (1,) * (p.dim() - 1)
         bias1 = (1 - beta1**t_r).reshape(shape)
         bias2_sqrt = torch.sqrt(1 - beta2**t_r).reshape(shape)
-        p[r] = p[r] - self.lr * (m_r / bias1) / (v_r.sqrt() / bias2_sqrt + self.eps)
+        # each row's gradient is 1/n of a mean over the batch's n rows: compare it with eps as the
+        # gradient of that row's own loss, else eps swamps it at scale (100k spots: ~3e-8 vs 1e-8)
+        # and the rows stop moving long before they converge
+        n_rows = p.shape[0] if rows is None else len(rows)
+        p[r] = p[r] - self.lr * (m_r / bias1) / (v_r.sqrt() / bias2_sqrt + self.eps / max(n_rows, 1))
 
 
 def available_devices() -> list[str]:
@@ -470,6 +477,35 @@ def _epochs(module, store, loss_fn, config, optimizer, params, train_idx, val_id
     module.eval()
     history.seconds = time.perf_counter() - start
     return history
+
+
+def relabel_stage(gen: Generator[ProgressEvent, None, TrainingHistory], stage: str, message: str
+             ) -> Generator[ProgressEvent, None, TrainingHistory]:
+    """The training loop's events with this stage's name and message."""
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        event.stage, event.message = stage, event.message or message
+        try:
+            yield event
+        except GeneratorExit:
+            gen.close()
+            raise
+
+
+def merge_histories(parts: Sequence[TrainingHistory]) -> TrainingHistory:
+    """One history of consecutive stages (the losses of each stage one after the other)."""
+    out = TrainingHistory(device=parts[-1].device)
+    for h in parts:
+        out.train_loss += list(h.train_loss)
+        out.val_loss += list(h.val_loss)
+        out.n_epochs += h.n_epochs
+        out.seconds += h.seconds
+        out.stopped_early = h.stopped_early
+    out.best_epoch = parts[-1].best_epoch
+    return out
 
 
 def run_to_end(gen: Generator, callback: Callable[[ProgressEvent], None] | None = None):

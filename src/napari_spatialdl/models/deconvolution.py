@@ -20,13 +20,19 @@
    thousands of cells summed in the spots sharpen them.
 4. **Fit** by full-batch Adam through the shared loop, starting from NNLS abundances;
    an optional penalty on the differences of proportions between neighbouring spots makes
-   the map spatially smooth.
+   the map spatially smooth. Above ``REFINE_SPOTS`` spots the fit has two stages: the
+   signatures, platform effects and dispersions are refined on a seeded random subset of that
+   many spots (with the reference weighed against the subset), then held fixed while every
+   spot's abundances are fitted. Refined jointly on all spots, the signatures drift as spots are
+   added (the spots outweigh the reference): silver standard RMSE 0.0744 at 100k spots against
+   0.0669 at 400 (``benchmarks/silver_scale.py``).
 
 Proportions are the abundances normalised per spot. Pure torch + numpy (+ scipy for NNLS).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Generator
 from typing import Any
 
@@ -41,12 +47,16 @@ from ._train import (
     ProgressEvent,
     TrainingConfig,
     TrainingHistory,
+    merge_histories,
     per_observation,
+    relabel_stage,
     resolve_device,
     train,
 )
 
 _EPS = 1e-8
+#: most spots the signatures are refined on (more: refined on a subset, then held fixed; see fit)
+REFINE_SPOTS = 5_000
 #: pseudo-count added to each type's summed counts before the mean (keeps log-signatures finite)
 _PSEUDO = 0.1
 
@@ -237,6 +247,8 @@ class DeconvolutionModule(torch.nn.Module):
                  background: bool = True, refine_signatures: bool = True):
         super().__init__()
         self.n_spots, self.n_genes, self.n_types = n_spots, n_genes, n_types
+        #: spots the priors and the reference are weighed against (None: all); set by a staged fit
+        self.anchor_spots: int | None = None
         self.gene_effect_sd = float(gene_effect_sd)
         self.use_background = bool(background)
         self.refine = bool(refine_signatures)
@@ -258,6 +270,13 @@ class DeconvolutionModule(torch.nn.Module):
     def signatures(self) -> torch.Tensor:
         """Mean count per cell of each type and gene, ``(n_types, n_genes)``."""
         return torch.exp(self.log_signatures)
+
+    def anchor_weight_spots(self) -> int:
+        """Number of spots the priors and the reference are weighed against: the spots fitted
+        (``anchor_spots`` while signatures are refined on a subset of them, else all)."""
+        if self.anchor_spots is None:
+            return self.n_spots
+        return max(1, min(self.n_spots, self.anchor_spots))
 
     def abundance(self, index: torch.Tensor | None = None) -> torch.Tensor:
         """Non-negative cell-type abundances (reference-cell units) of spots ``index`` (all when None)."""
@@ -285,7 +304,7 @@ class DeconvolutionModule(torch.nn.Module):
         """
         theta = F.softplus(self.log_theta) + 1e-4
         loss = -log_nb(x, self.mean(index), theta).mean()
-        scale = 1.0 / (self.n_spots * self.n_genes)
+        scale = 1.0 / (self.anchor_weight_spots() * self.n_genes)
         loss = loss + 0.5 * (self.gene_effect / self.gene_effect_sd).pow(2).sum() * scale
         if self.refine and len(self.ref_sum):
             # quasi-likelihood of the reference cells (Poisson scaled by the overdispersion):
@@ -420,8 +439,8 @@ class SpotDeconvolution(SavableModel):
     def fit(self, counts: Any, reference_counts: Any, reference_labels: np.ndarray, *,
             edges: np.ndarray | None = None, spatial_smoothing: float = 0.0,
             max_epochs: int = 100, lr: float = 0.05, batch_size: int | None = None,
-            device: str = "auto", seed: int = 0,
-            patience: int = 20) -> Generator[ProgressEvent, None, TrainingHistory]:
+            device: str = "auto", seed: int = 0, patience: int = 20,
+            refine_spots: int | None = REFINE_SPOTS) -> Generator[ProgressEvent, None, TrainingHistory]:
         """Fit the abundances of the spots; a generator (yields progress, returns the history).
 
         Parameters
@@ -440,6 +459,18 @@ class SpotDeconvolution(SavableModel):
             (0 = off; 0.1-1 is gentle to strong).
         max_epochs, lr, batch_size, device, seed, patience
             Training settings (full batch when ``batch_size`` is None).
+        refine_spots
+            With more spots than this (and ``refine_signatures``), the signatures, platform
+            effects and dispersions are refined on a seeded random subset of this many spots
+            (full batch), then held fixed while every spot's abundances are fitted. Jointly
+            refined on all spots they drift as spots are added (silver standard RMSE 0.0744 at
+            100k spots vs 0.0700 at 10k): the spots outweigh the reference that anchors them.
+            None: always refine on all spots.
+
+        Returns
+        -------
+        TrainingHistory
+            With a subset, both stages one after the other (the signatures', then the abundances').
         """
         n_spots, n_genes = self.init_kwargs["n_spots"], self.init_kwargs["n_genes"]
         if tuple(counts.shape) != (n_spots, n_genes):
@@ -459,14 +490,45 @@ class SpotDeconvolution(SavableModel):
             return module.loss(batch["x"], batch["index"])
 
         x = counts if sp.issparse(counts) else np.asarray(counts, dtype=np.float32)
+        no_val = np.array([], dtype=int)
+        staged = (self.init_kwargs["refine_signatures"] and refine_spots is not None
+                  and n_spots > int(refine_spots))
+        shared = [m.log_signatures, m.gene_effect, m.log_theta]
+        per_spot = [m.log_abundance, m.log_background]
         try:
-            self.history = yield from train(m, {"x": x}, loss_fn, config, train_index=np.arange(n_spots),
-                                            val_index=np.array([], dtype=int))
+            if not staged:
+                self.history = yield from train(m, {"x": x}, loss_fn, config, train_index=np.arange(n_spots),
+                                                val_index=no_val)
+                return self.history
+            # 1. signatures, platform effects and dispersions from a subset (with its abundances),
+            # the reference weighed against the spots it is fitted with
+            subset = np.sort(np.random.default_rng(seed).choice(n_spots, int(refine_spots), replace=False))
+            m.anchor_spots = len(subset)
+            edges_all, smoothing = m.edges, m.smoothing
+            m.edges = torch.zeros(0, 2, dtype=torch.long)  # neighbours are rarely both in a subset
+            sub_config = dataclasses.replace(config, batch_size=None)
+            refined = yield from relabel_stage(
+                train(m, {"x": x}, loss_fn, sub_config, train_index=subset, val_index=no_val),
+                "signatures", f"refining signatures on {len(subset):,} of {n_spots:,} spots")
+            # 2. every spot's abundances with them fixed
+            m.anchor_spots = None
+            m.edges, m.smoothing = edges_all, smoothing
+            for p in shared:
+                p.requires_grad_(False)
+            fitted = yield from relabel_stage(
+                train(m, {"x": x}, loss_fn, config, parameters=per_spot, train_index=np.arange(n_spots),
+                      val_index=no_val),
+                "abundances", f"abundances of all {n_spots:,} spots")
+            self.history = merge_histories([refined, fitted])
+            return self.history
         finally:  # drop what only the fit needed
+            m.anchor_spots = None
+            m.log_signatures.requires_grad_(self.init_kwargs["refine_signatures"])
+            m.gene_effect.requires_grad_(True)
+            m.log_theta.requires_grad_(True)
             m.ref_sum, m.ref_cells, m.ref_phi = (torch.zeros(0, n_genes), torch.zeros(0, 1),
                                                  torch.zeros(0, n_genes))
             m.edges, m.smoothing = torch.zeros(0, 2, dtype=torch.long), torch.zeros(())
-        return self.history
 
     def signatures(self) -> np.ndarray:
         """Mean count per reference cell of each type and gene, ``(n_types, n_genes)``."""

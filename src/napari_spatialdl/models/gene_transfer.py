@@ -48,6 +48,7 @@ from ..preprocessing import highly_variable_genes
 from ._base import SavableModel
 from ._likelihoods import log_nb
 from ._train import ProgressEvent, TrainingConfig, TrainingHistory, train
+from ._train import relabel_stage as _relabel
 
 #: expression is reported per this many transcripts (the reference's whole library)
 SCALE = 1e4
@@ -214,35 +215,6 @@ def _reference_loss(module: GeneTransferModule, batch: dict[str, torch.Tensor]) 
 
 def _spatial_loss(module: GeneTransferModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return module.spatial_loss(batch)
-
-
-def _relabel(gen: Generator[ProgressEvent, None, TrainingHistory], stage: str, message: str
-             ) -> Generator[ProgressEvent, None, TrainingHistory]:
-    """The training loop's events with this stage's name and message."""
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        event.stage, event.message = stage, event.message or message
-        try:
-            yield event
-        except GeneratorExit:
-            gen.close()
-            raise
-
-
-def merge_histories(parts: Sequence[TrainingHistory]) -> TrainingHistory:
-    """One history of consecutive stages (the losses of each stage one after the other)."""
-    out = TrainingHistory(device=parts[-1].device)
-    for h in parts:
-        out.train_loss += list(h.train_loss)
-        out.val_loss += list(h.val_loss)
-        out.n_epochs += h.n_epochs
-        out.seconds += h.seconds
-        out.stopped_early = h.stopped_early
-    out.best_epoch = parts[-1].best_epoch
-    return out
 
 
 def _profiles(groups: np.ndarray, n_groups: int, shared: Any, extra: Any, library: np.ndarray) -> np.ndarray:

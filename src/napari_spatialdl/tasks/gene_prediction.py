@@ -38,7 +38,8 @@ from anndata import AnnData
 
 from .._constants import PREDICTED_GENES_KEY
 from ..models import ProgressEvent, TrainingConfig
-from ..models.gene_transfer import GeneTransferModel, merge_histories
+from ..models._train import merge_histories
+from ..models.gene_transfer import GeneTransferModel
 from ..preprocessing import gene_moments, log_normalize, scale
 from ._registry import register
 from ._spec import LABELS, Role, run_records
