@@ -408,3 +408,22 @@ def test_visium_hd_bins_are_squares_of_their_size(make_napari_viewer):
     middle = shot[h // 2, :, :3].astype(int)
     width = int(((middle[:, 0] > 180) & (middle[:, 2] < 80)).sum()) / ratio
     assert width == pytest.approx(30.0, abs=2.0)
+
+
+def test_overview_of_long_rows_of_bins_shows_every_bin():
+    """Visium HD bins are drawn 0.1 % larger than their side (no seams); across a row of 2,000 bins
+    the overview still gives each bin its own pixel, so none is hidden in the image."""
+    from napari.components import ViewerModel
+
+    from napari_spatialdl._widgets import _overview
+    from napari_spatialdl._widgets._compat import shown_points_class
+
+    cols, rows = 2000, 3
+    row, col = np.divmod(np.arange(cols * rows), cols)
+    data = np.stack([row, col], 1) * 8.0 + 4.0
+    viewer = ViewerModel()
+    layer = viewer.add_layer(shown_points_class()(data, size=8.0 * _overview.SQUARE_OVERLAP, symbol="square",
+                                                  face_color="red", shown=False))
+    ov = _overview.SpotsOverview(viewer, layer, max_drawn=10)
+    assert ov.shape == (rows, cols)
+    assert len(ov._pixels) == len(data)  # one pixel per bin: none drawn over by its neighbour

@@ -31,6 +31,9 @@ from ..layers import BARCODE
 MAX_DRAWN = 50_000
 #: longest side (pixels) of the overview image; the pixel grows beyond the spot pitch if needed
 MAX_RASTER_SIDE = 4096
+#: squares (Visium HD bins) are drawn this much larger than their side (no rasterisation seams
+#: between adjacent bins); harmless for other spots, whose centres lie further apart than their size
+SQUARE_OVERLAP = 1.001
 #: cells per side of the grid counting spots (to decide the mode without scanning the spots)
 COUNT_GRID = 256
 #: the view is widened by one of these fractions of its size on each side before picking the
@@ -101,6 +104,9 @@ class SpotsOverview:
         else:
             finite = sizes[np.isfinite(sizes) & (sizes > 0)]
             pitch = float(np.median(finite)) if len(finite) else 1.0
+        # squares are drawn SQUARE_OVERLAP larger than their side (no seams): the pixel is the side,
+        # else the 0.1 % adds up across a row and every thousandth bin shares a pixel
+        pitch /= SQUARE_OVERLAP
         lo, hi = data.min(axis=0), data.max(axis=0)
         extent = hi - lo + pitch
         pitch = max(pitch, float(extent.max()) / MAX_RASTER_SIDE)

@@ -24,7 +24,7 @@ from ..layers import (
 )
 from ._compat import real, shown_points_class
 from ._legend import ensure_legend, is_spots_layer, show_scale_bar
-from ._overview import attach_overview, needs_overview
+from ._overview import SQUARE_OVERLAP, attach_overview, needs_overview
 from ._spatialdata_layers import napari_spatialdata_links, spots_adata
 
 
@@ -120,8 +120,6 @@ def show(
     return viewer
 
 
-#: squares are drawn this much larger than their side (no rasterisation seams between bins)
-SQUARE_OVERLAP = 1.001
 
 
 def _true_geometry(adata: Any, points_kwargs: dict) -> None:
