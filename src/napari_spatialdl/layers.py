@@ -256,8 +256,8 @@ def matrix_column(matrix: Any, j: int) -> np.ndarray:
     """Column ``j`` of an observations x genes matrix as float64, without densifying the matrix.
 
     CSC: the column's slice. CSR: one vectorised pass over the stored column indices (blocks of
-    rows, several threads for large matrices), each block's rows found in its part of ``indptr``; duplicate entries
-    are summed as ``toarray`` would. Dense arrays: the column. Anything else (backed/lazy
+    rows, several threads for large matrices), each block's rows found in its part of
+    ``indptr``; duplicate entries are summed as ``toarray`` would. Dense arrays: the column. Anything else (backed/lazy
     matrices): ``matrix[:, j]``, then that one column made dense.
 
     Parameters

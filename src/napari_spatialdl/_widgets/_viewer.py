@@ -120,8 +120,6 @@ def show(
     return viewer
 
 
-
-
 def _true_geometry(adata: Any, points_kwargs: dict) -> None:
     """Squares (Visium HD bins) drawn as squares of their side, without rim or antialiasing (bins tile).
 

@@ -479,8 +479,8 @@ def _epochs(module, store, loss_fn, config, optimizer, params, train_idx, val_id
     return history
 
 
-def relabel_stage(gen: Generator[ProgressEvent, None, TrainingHistory], stage: str, message: str
-             ) -> Generator[ProgressEvent, None, TrainingHistory]:
+def relabel_stage(gen: Generator[ProgressEvent, None, TrainingHistory], stage: str,
+                  message: str) -> Generator[ProgressEvent, None, TrainingHistory]:
     """The training loop's events with this stage's name and message."""
     while True:
         try:

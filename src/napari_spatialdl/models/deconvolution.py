@@ -274,9 +274,7 @@ class DeconvolutionModule(torch.nn.Module):
     def anchor_weight_spots(self) -> int:
         """Number of spots the priors and the reference are weighed against: the spots fitted
         (``anchor_spots`` while signatures are refined on a subset of them, else all)."""
-        if self.anchor_spots is None:
-            return self.n_spots
-        return max(1, min(self.n_spots, self.anchor_spots))
+        return self.n_spots if self.anchor_spots is None else self.anchor_spots
 
     def abundance(self, index: torch.Tensor | None = None) -> torch.Tensor:
         """Non-negative cell-type abundances (reference-cell units) of spots ``index`` (all when None)."""
@@ -494,6 +492,7 @@ class SpotDeconvolution(SavableModel):
         staged = (self.init_kwargs["refine_signatures"] and refine_spots is not None
                   and n_spots > int(refine_spots))
         shared = [m.log_signatures, m.gene_effect, m.log_theta]
+        trained = [p.requires_grad for p in shared]  # put back after stage 2 holds them
         per_spot = [m.log_abundance, m.log_background]
         try:
             if not staged:
@@ -523,9 +522,8 @@ class SpotDeconvolution(SavableModel):
             return self.history
         finally:  # drop what only the fit needed
             m.anchor_spots = None
-            m.log_signatures.requires_grad_(self.init_kwargs["refine_signatures"])
-            m.gene_effect.requires_grad_(True)
-            m.log_theta.requires_grad_(True)
+            for p, flag in zip(shared, trained):
+                p.requires_grad_(flag)
             m.ref_sum, m.ref_cells, m.ref_phi = (torch.zeros(0, n_genes), torch.zeros(0, 1),
                                                  torch.zeros(0, n_genes))
             m.edges, m.smoothing = torch.zeros(0, 2, dtype=torch.long), torch.zeros(())
