@@ -7,12 +7,16 @@ so "log-normalised" means the same thing in every task.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
 TARGET_SUM = 1e4  # counts per observation after normalisation (scanpy's common choice)
+#: stored entries per block where a per-gene statistic is accumulated over blocks of rows: bounds the
+#: temporaries (a float64 copy of 16 M entries is 0.2 GB) whatever the size of the data
+BLOCK_ENTRIES = 1 << 24
 
 Matrix = Any  # np.ndarray or scipy.sparse matrix
 
@@ -76,21 +80,79 @@ def scale(X: Matrix, max_value: float | None = 10.0, *, mean: np.ndarray | None 
     return Y.astype(np.float32)
 
 
-def gene_moments(X: Matrix) -> tuple[np.ndarray, np.ndarray]:
-    """Per-gene mean and standard deviation (population), without densifying a sparse matrix."""
+def row_blocks(X: Matrix, max_entries: int | None = None) -> Iterator[slice]:
+    """Consecutive row slices of ``X``, each with at most ``max_entries`` stored entries (one row at least).
+
+    CSR blocks follow the rows' own numbers of stored entries; other matrices count every cell.
+    ``max_entries`` None: :data:`BLOCK_ENTRIES`.
+    """
+    max_entries = BLOCK_ENTRIES if max_entries is None else int(max_entries)
     n = X.shape[0]
-    if sp.issparse(X):
-        X = sp.csr_matrix(X)
-        mean = np.asarray(X.mean(axis=0), dtype=np.float64).ravel()
-        sq = np.asarray(X.multiply(X).mean(axis=0), dtype=np.float64).ravel()
-        var = np.maximum(sq - mean ** 2, 0.0)
-    else:
-        Xd = np.asarray(X, dtype=np.float64)
-        mean = Xd.mean(axis=0)
-        var = Xd.var(axis=0)
+    if sp.issparse(X) and X.format == "csr":
+        indptr = X.indptr
+        start = 0
+        while start < n:
+            stop = int(np.searchsorted(indptr, indptr[start] + max_entries, side="right")) - 1
+            stop = min(max(stop, start + 1), n)
+            yield slice(start, stop)
+            start = stop
+        return
+    step = max(1, max_entries // max(1, X.shape[1]))
+    for start in range(0, n, step):
+        yield slice(start, min(n, start + step))
+
+
+def _column_moments(X: Matrix, factor: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and population std of ``X`` (or of ``log1p(factor[row] * X)``), over row blocks."""
+    n, n_genes = X.shape
     if n < 1:
         raise ValueError("gene_moments needs at least one observation.")
+    sparse = sp.issparse(X)
+    if sparse:
+        X = sp.csr_matrix(X)  # no copy of a CSR matrix
+    sums = np.zeros(n_genes)
+    squares = np.zeros(n_genes)
+    for rows in row_blocks(X):
+        block = X[rows]
+        if sparse:
+            block = sp.csr_matrix(block)
+            if not block.has_canonical_format:  # duplicates add up before squaring
+                block.sum_duplicates()
+            values = block.data.astype(np.float64)
+            if factor is not None:
+                values = np.log1p(values * np.repeat(factor[rows], np.diff(block.indptr)))
+            sums += np.bincount(block.indices, weights=values, minlength=n_genes)
+            squares += np.bincount(block.indices, weights=values * values, minlength=n_genes)
+        else:
+            values = np.asarray(block, dtype=np.float64)
+            if factor is not None:
+                values = np.log1p(values * factor[rows, None])
+            sums += values.sum(axis=0)
+            squares += (values * values).sum(axis=0)
+    mean = sums / n
+    var = np.maximum(squares / n - mean ** 2, 0.0)
     return mean, np.sqrt(var)
+
+
+def gene_moments(X: Matrix) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene mean and standard deviation (population), without densifying a sparse matrix.
+
+    Accumulated over blocks of rows (:func:`row_blocks`): the memory used does not grow with ``X``.
+    """
+    return _column_moments(X)
+
+
+def log_normalized_moments(X: Matrix, target_sum: float | str | None = TARGET_SUM) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene mean and population std of :func:`log_normalize` ``(X, target_sum)``, in float64.
+
+    The same figures as ``gene_moments(log_normalize(X, target_sum, dtype=np.float64))`` without
+    the normalised copy of ``X`` (at a million cells that copy is several GB): each block of rows is
+    normalised, counted and dropped.
+    """
+    lib = library_sizes(X)
+    target = _target(lib, target_sum)
+    factor = np.where(lib > 0, target / np.where(lib > 0, lib, 1.0), 0.0)
+    return _column_moments(X, factor)
 
 
 def highly_variable_genes(X: Matrix, n_top_genes: int, *, target_sum: float | str | None = TARGET_SUM
@@ -104,8 +166,7 @@ def highly_variable_genes(X: Matrix, n_top_genes: int, *, target_sum: float | st
     n_genes = X.shape[1]
     if n_top_genes >= n_genes:
         return np.arange(n_genes)
-    L = log_normalize(X, target_sum, dtype=np.float64)
-    mean, std = gene_moments(L)
+    mean, std = log_normalized_moments(X, target_sum)
     var = std ** 2
     with np.errstate(divide="ignore", invalid="ignore"):
         disp = np.log(np.where(mean > 0, var / mean, np.nan))

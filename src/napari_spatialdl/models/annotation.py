@@ -31,6 +31,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
+from ..preprocessing import log_normalized_moments
 from ._base import SavableModel
 from ._train import ProgressEvent, TrainingConfig, TrainingHistory, train
 
@@ -48,19 +49,10 @@ def _rows(X: np.ndarray | sp.csr_matrix, start: int, stop: int) -> torch.Tensor:
 
 
 def _log_normalised_moments(X: np.ndarray | sp.csr_matrix, target_sum: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per-gene mean and standard deviation of ``log1p(target_sum * x / library)`` (sparse-friendly)."""
-    lib = np.maximum(np.asarray(X.sum(axis=1), dtype=np.float64).ravel(), 1.0)
-    if sp.issparse(X):
-        L = sp.csr_matrix(X, dtype=np.float64)
-        L.data = np.log1p(L.data * np.repeat(target_sum / lib, np.diff(L.indptr)))
-        mean = np.asarray(L.mean(axis=0)).ravel()
-        sq = np.asarray(L.multiply(L).mean(axis=0)).ravel()
-    else:
-        L = np.log1p(np.asarray(X, dtype=np.float64) * (target_sum / lib)[:, None])
-        mean, sq = L.mean(axis=0), (L**2).mean(axis=0)
+    """Per-gene mean and sample standard deviation of ``log1p(target_sum * x / library)``, over row blocks."""
+    mean, std = log_normalized_moments(X, target_sum)
     n = X.shape[0]
-    var = np.maximum(sq - mean**2, 0.0) * (n / max(n - 1, 1))
-    return mean, np.sqrt(var)
+    return mean, std * np.sqrt(n / max(n - 1, 1))
 
 
 def log_normalise(counts: torch.Tensor, target_sum: float | torch.Tensor = _TARGET_SUM) -> torch.Tensor:

@@ -133,6 +133,12 @@ def _short(values: Iterable[Any], n: int = 3) -> str:
     return text + (", ..." if len(values) > n else "")
 
 
+def _all_integers(values: np.ndarray, block: int = 1 << 24) -> bool:
+    """Whether every value is a whole number, checked in blocks (no full-size temporaries)."""
+    flat = values.ravel(order="K")
+    return all(np.all(np.mod(flat[i:i + block], 1) == 0) for i in range(0, flat.size, block))
+
+
 def _holds_counts(X: Any) -> bool:
     """True when ``X`` is a numeric matrix of finite, non-negative integers (raw counts)."""
     if X is None:
@@ -145,7 +151,7 @@ def _holds_counts(X: Any) -> bool:
         return False
     if values.size == 0 or values.dtype.kind in "iu":
         return values.size == 0 or bool(values.min() >= 0)
-    return bool(np.isfinite(values).all() and values.min() >= 0 and np.all(np.mod(values, 1) == 0))
+    return bool(np.isfinite(values).all() and values.min() >= 0 and _all_integers(values))
 
 
 def _count_hint(adata: AnnData, obj: str, layer_arg: str, layer: str | None, what: str) -> str:
@@ -261,7 +267,7 @@ def get_counts(adata: AnnData, layer: str | None = None, *, what: str = "this mo
             f"{_where(layer, obj)} has negative values (min {float(values.min()):.3g}), but {what} needs raw "
             f"counts. {_count_hint(adata, obj, layer_arg, layer, what)}"
         )
-    if values.size and not np.all(np.mod(values, 1) == 0):
+    if values.size and not _all_integers(values):
         raise InputError(
             f"{_where(layer, obj)} holds non-integer values (e.g. {values[np.mod(values, 1) != 0][0]:.3g}): "
             f"it looks normalised or log-transformed, but {what} needs raw integer counts. "
@@ -292,10 +298,28 @@ def row_sums(X) -> np.ndarray:
 
 def drop_empty_genes(X, var_names: pd.Index) -> tuple[object, pd.Index, np.ndarray]:
     """Drop genes with no counts at all (they carry no information); return the mask too."""
-    keep = np.asarray((X != 0).sum(axis=0)).ravel() > 0
+    keep = _nonzero_columns(X)
     if keep.sum() == 0:
         raise InputError("Every gene is zero in every observation: there is nothing to model.")
+    if keep.all():  # nothing to drop: no copy of X (at a million cells it is GBs)
+        return X, var_names, keep
     return X[:, keep], var_names[keep], keep
+
+
+def _nonzero_columns(X: Any, block: int = 1 << 24) -> np.ndarray:
+    """Which columns hold a non-zero value, read in blocks (no boolean copy of X)."""
+    keep = np.zeros(X.shape[1], dtype=bool)
+    if sp.issparse(X):
+        X = sp.csr_matrix(X)
+        for i in range(0, X.nnz, block):
+            stored = slice(i, i + block)
+            keep[X.indices[stored][X.data[stored] != 0]] = True
+        return keep
+    X = np.asarray(X)
+    step = max(1, block // max(1, X.shape[1]))
+    for i in range(0, X.shape[0], step):
+        keep |= (X[i:i + step] != 0).any(axis=0)
+    return keep
 
 
 # ----------------------------------------------------------------------------- obs columns
