@@ -107,3 +107,19 @@ def test_the_integer_check_finds_a_fraction_in_the_last_block():
     values[-1] = 2.5
     assert not V._all_integers(values, block=64)
     assert not V._all_integers(values.reshape(50, 20), block=64)
+
+
+def test_all_columns_in_order_are_not_copied_and_a_subset_is():
+    """A query whose genes are all shared is read in place (at 1M cells the copy is as large as X)."""
+    X = _counts()
+    same = V.subset_counts(X, np.arange(X.shape[1]))
+    assert np.shares_memory(same.data, X.data)
+    np.testing.assert_array_equal(same.toarray(), X.toarray())
+    reordered = np.arange(X.shape[1])[::-1]
+    np.testing.assert_array_equal(V.subset_counts(X, reordered).toarray(), X.toarray()[:, reordered])
+    rows = np.array([3, 1, 7])
+    picked = V.subset_counts(X, np.arange(X.shape[1]), rows)
+    assert not np.shares_memory(picked.data, X.data)
+    np.testing.assert_array_equal(picked.toarray(), X.toarray()[rows])
+    dense = X.toarray()
+    np.testing.assert_array_equal(V.subset_counts(dense, np.arange(5)), dense[:, :5])

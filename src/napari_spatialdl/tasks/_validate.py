@@ -284,10 +284,16 @@ def get_counts(adata: AnnData, layer: str | None = None, *, what: str = "this mo
 
 
 def subset_counts(X, columns: np.ndarray, rows: np.ndarray | None = None):
-    """Rows (optional) and columns of a count matrix; CSR stays CSR, dense becomes an ndarray."""
+    """Rows (optional) and columns of a count matrix; CSR stays CSR, dense becomes an ndarray.
+
+    Every column in its own order (a query whose genes are all shared) is not copied: at a million
+    cells that copy is as large as X. Callers only read the result.
+    """
+    columns = np.asarray(columns)
     if rows is not None:
         X = X[rows]
-    X = X[:, columns]
+    if not (columns.size == X.shape[1] and np.array_equal(columns, np.arange(X.shape[1]))):
+        X = X[:, columns]
     return sp.csr_matrix(X) if sp.issparse(X) else np.asarray(X)
 
 
