@@ -288,6 +288,42 @@ def test_gene_overlap_uses_intersection(data):
     assert accuracy(res.adata, query.obs["cell_type"]) > 0.8
 
 
+def _with_uninformative_genes(adata: AnnData, n: int, seed: int) -> AnnData:
+    """``adata`` plus ``n`` genes expressed alike in every cell type (sparse counts)."""
+    noise = np.random.default_rng(seed).poisson(0.5, (adata.n_obs, n)).astype(np.float32)
+    return AnnData(sp.csr_matrix(np.hstack([np.asarray(adata.X), noise])), obs=adata.obs.copy(),
+                   var=pd.DataFrame(index=list(adata.var_names) + [f"flat{i}" for i in range(n)]))
+
+
+def test_the_genes_that_separate_the_types_are_selected_and_the_metadata_says_so(data):
+    query, reference = (_with_uninformative_genes(a, 3000, seed) for a, seed in zip(data, (3, 4), strict=True))
+    before = snapshot(query), snapshot(reference)
+    shared = N_GENES + 3000
+    default = annotate(query, reference, "cell_type", max_epochs=5, copy=True)
+    assert default.info["n_genes"] == 3000 and default.info["n_genes_shared"] == shared
+    assert default.info["gene_selection"] == "markers"
+    assert "n_top_genes=3000" in default.info["genes_message"]
+
+    chosen = annotate(query, reference, "cell_type", n_top_genes=30, copy=True)
+    assert not [g for g in chosen.model.genes if g.startswith("flat")]
+    markers = {f"g{i}" for i in range(len(TYPES) * 6)}  # 6 marker genes per type
+    assert len(markers & set(chosen.model.genes)) >= 20
+    assert chosen.info["n_genes"] == 30
+    assert chosen.adata.uns[UNS_KEY]["annotate"]["n_genes"] == 30
+    assert accuracy(chosen.adata, query.obs["cell_type"]) > 0.9
+    dense = query.copy()
+    dense.X = dense.X.toarray()
+    same = annotate(dense, reference, "cell_type", n_top_genes=30, copy=True)
+    np.testing.assert_allclose(same.adata.obs[CONFIDENCE_KEY], chosen.adata.obs[CONFIDENCE_KEY], rtol=1e-5)
+
+    every = annotate(query, reference, "cell_type", n_top_genes=None, max_epochs=5, copy=True)
+    assert every.info["n_genes"] == shared and every.info["gene_selection"] == "all"
+    assert_unchanged(query, before[0])
+    assert_unchanged(reference, before[1])
+    with pytest.raises(InputError, match="n_top_genes must be at least 10"):
+        annotate(query, reference, "cell_type", n_top_genes=5, copy=True)
+
+
 def test_sparse_and_layers(data):
     query, reference = data
     q = query.copy()
@@ -390,7 +426,8 @@ def test_spec_threshold_is_a_task_option_not_a_method_parameter():
     assert [(o.name, o.default) for o in spec.options] == [("threshold", 0.0)]
     assert [(o.slot, o.key) for o in spec.outputs] == [("obs", CELL_TYPE_KEY), ("obs", CONFIDENCE_KEY)]
     native = {p.name: p.default for p in method_parameters("annotate", "spatialdl")}
-    assert native == {"n_hidden": 128, "n_members": 5, "min_depth_fraction": 0.2, "max_epochs": 60, "lr": 3e-3}
+    assert native == {"n_top_genes": 3000, "n_hidden": 128, "n_members": 5, "min_depth_fraction": 0.2,
+                      "max_epochs": 60, "lr": 3e-3}
     assert {p.name for p in method_parameters("annotate", "logreg")} == {"C"}
     assert all(p.doc for p in method_parameters("annotate", "spatialdl"))
 

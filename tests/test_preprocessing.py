@@ -123,3 +123,38 @@ def test_all_columns_in_order_are_not_copied_and_a_subset_is():
     np.testing.assert_array_equal(picked.toarray(), X.toarray()[rows])
     dense = X.toarray()
     np.testing.assert_array_equal(V.subset_counts(dense, np.arange(5)), dense[:, :5])
+
+
+@pytest.mark.parametrize("kind", ["csr", "dense"])
+def test_normalized_group_means_are_the_means_of_the_normalised_rows(kind):
+    X = _counts(n_obs=90, n_genes=30, density=0.3)
+    X = X.toarray() if kind == "dense" else X
+    labels = np.array(["b", "a", "c"] * 30, dtype=object)
+    labels[:3] = None  # rows without a label count for no group
+    dense = P.normalize_total(X, dtype=np.float64)
+    dense = dense.toarray() if sp.issparse(dense) else dense
+    got = P.normalized_group_means(X, labels, ["a", "b", "c", "empty"])
+    for i, cat in enumerate(["a", "b", "c"]):
+        np.testing.assert_allclose(got[i], dense[labels == cat].mean(axis=0), rtol=1e-10)
+    assert not got[3].any()
+
+
+def test_marker_genes_give_every_type_its_markers():
+    """Type 'common' differs from the rest on 40 genes (it lacks them), type 'rare' on 4 (3-fold):
+    selected by the spread of the type means, 12 genes would all be common's; by markers in turn,
+    rare gets its own."""
+    rng = np.random.default_rng(0)
+    n_genes = 100
+    profile = np.ones((3, n_genes))
+    profile[0, :40] = 0.0  # 'common' lacks 40 genes that the other types express
+    profile[1, 40:44] = 3.0  # 'rare': 3-fold on 4 genes
+    profile *= 2000 / profile.sum(axis=1, keepdims=True)  # the same depth in every type
+    labels = np.repeat(["common", "rare", "other"], 50)
+    X = sp.csr_matrix(rng.poisson(profile[np.repeat([0, 1, 2], 50)]).astype(np.float32))
+    types = ["common", "other", "rare"]
+    by_spread = P.discriminative_genes(X, labels, types, 12)
+    by_markers = P.marker_genes(X, labels, types, 12)  # 4 rounds of the 3 types
+    assert not set(by_spread) & set(range(40, 44))
+    assert set(range(40, 44)) <= set(by_markers)
+    assert len(by_markers) == 12 and np.all(np.diff(by_markers) > 0)  # distinct, sorted
+    np.testing.assert_array_equal(P.marker_genes(X, labels, types, n_genes), np.arange(n_genes))

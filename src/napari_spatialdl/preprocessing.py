@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 TARGET_SUM = 1e4  # counts per observation after normalisation (scanpy's common choice)
@@ -192,6 +193,55 @@ def group_means(X: Matrix, groups: np.ndarray, categories: list[str]) -> np.ndar
         sel = np.flatnonzero(groups == cat)
         rows.append(np.asarray(X[sel].mean(axis=0), dtype=np.float64).ravel())
     return np.vstack(rows)
+
+
+def normalized_group_means(X: Matrix, labels: np.ndarray, categories: list[str],
+                           target_sum: float | str | None = TARGET_SUM) -> np.ndarray:
+    """Mean of :func:`normalize_total` ``(X, target_sum)`` per category (categories x genes, float64).
+
+    One product of a (categories x rows) weight matrix with ``X``: no normalised copy of ``X``.
+    A category without rows gets zeros.
+    """
+    lib = library_sizes(X)
+    factor = np.where(lib > 0, _target(lib, target_sum) / np.where(lib > 0, lib, 1.0), 0.0)
+    codes = pd.Categorical(np.asarray(labels), categories=list(categories)).codes
+    rows = np.flatnonzero(codes >= 0)
+    size = np.bincount(codes[rows], minlength=len(categories)).astype(np.float64)
+    weights = sp.csr_matrix((factor[rows] / size[codes[rows]], (codes[rows], rows)),
+                            shape=(len(categories), X.shape[0]))
+    means = weights @ X
+    return np.asarray(means.toarray() if sp.issparse(means) else means, dtype=np.float64)
+
+
+def marker_genes(X: Matrix, labels: np.ndarray, categories: list[str], n_top_genes: int,
+                 target_sum: float | str | None = TARGET_SUM) -> np.ndarray:
+    """Indices (sorted) of ``n_top_genes`` genes that mark the categories, every category in turn.
+
+    Each category ranks the genes by ``log1p`` of its mean normalised expression minus ``log1p``
+    of the mean over the other categories (a log fold change, as in scanpy's per-group ranking).
+    The genes are taken rank by rank, one per category per round (a gene already taken is
+    skipped), so that every cell type gets its own markers instead of the most variable genes of
+    a few types giving them all. All genes when there are no more than ``n_top_genes``.
+    """
+    n_genes = X.shape[1]
+    if n_top_genes >= n_genes:
+        return np.arange(n_genes)
+    means = normalized_group_means(X, labels, categories, target_sum)
+    others = (means.sum(axis=0, keepdims=True) - means) / max(len(categories) - 1, 1)
+    # fold change over the other types' mean, in counts (a mean of logs would let a gene that one
+    # type lacks pass for a marker of every other type)
+    lead = np.log1p(means) - np.log1p(others)
+    ranking = np.argsort(-lead, axis=1, kind="stable")  # (categories, genes)
+    taken = np.zeros(n_genes, dtype=bool)
+    chosen: list[int] = []
+    for column in ranking.T:  # rank r of every category
+        for gene in column:
+            if not taken[gene]:
+                taken[gene] = True
+                chosen.append(int(gene))
+                if len(chosen) == n_top_genes:
+                    return np.sort(np.asarray(chosen))
+    return np.sort(np.asarray(chosen))
 
 
 def discriminative_genes(X: Matrix, labels: np.ndarray, categories: list[str], n_top_genes: int,

@@ -43,9 +43,11 @@ def _matrix(X: Any) -> np.ndarray | sp.csr_matrix:
     return sp.csr_matrix(X, dtype=np.float32) if sp.issparse(X) else np.asarray(X, dtype=np.float32)
 
 
-def _rows(X: np.ndarray | sp.csr_matrix, start: int, stop: int) -> torch.Tensor:
+def _rows(X: np.ndarray | sp.csr_matrix, start: int, stop: int, columns: np.ndarray | None = None) -> torch.Tensor:
     block = X[start:stop]
-    return torch.as_tensor(block.toarray() if sp.issparse(block) else block)
+    if columns is not None:
+        block = block[:, columns]
+    return torch.as_tensor(block.toarray() if sp.issparse(block) else np.ascontiguousarray(block))
 
 
 def _log_normalised_moments(X: np.ndarray | sp.csr_matrix, target_sum: float) -> tuple[np.ndarray, np.ndarray]:
@@ -332,18 +334,24 @@ class CellTypeClassifier(SavableModel):
         self.history = history
         return history
 
-    def predict_proba(self, counts: Any, batch_size: int = 4096) -> np.ndarray:
-        """Calibrated class probabilities, ``(n, n_classes)``, for raw counts (columns = :attr:`genes`)."""
+    def predict_proba(self, counts: Any, batch_size: int = 4096, columns: np.ndarray | None = None) -> np.ndarray:
+        """Calibrated class probabilities, ``(n, n_classes)``, for raw counts (columns = :attr:`genes`).
+
+        ``columns``: the positions of :attr:`genes` among the columns of ``counts``, taken batch by
+        batch (a million cells are not copied to cut them to the model's genes).
+        """
         X = _matrix(counts)
-        if X.shape[1] != len(self.genes):
-            raise ValueError(f"counts has {X.shape[1]} genes, expected {len(self.genes)}.")
+        n_genes = X.shape[1] if columns is None else len(columns)
+        if n_genes != len(self.genes):
+            raise ValueError(f"counts has {n_genes} genes, expected {len(self.genes)}.")
         m = self.module
         m.eval()
         device = m.gene_mean.device
         out = []
         with torch.no_grad():
             for start in range(0, X.shape[0], batch_size):
-                out.append(torch.softmax(m(_rows(X, start, start + batch_size).to(device)), dim=1).cpu())
+                rows = _rows(X, start, start + batch_size, columns).to(device)
+                out.append(torch.softmax(m(rows), dim=1).cpu())
         if not out:
             return np.zeros((0, len(self.classes)))
         return torch.cat(out).numpy().astype(np.float64)
