@@ -108,6 +108,28 @@ def test_model_fills_in_hidden_counts():
     assert np.median(pred.flat[hide]) > 2 * np.median(pred[masked == 0])
 
 
+@pytest.mark.parametrize("spatial", [False, True])
+def test_input_standardisation_is_that_of_the_log_normalised_counts(spatial):
+    """The encoder's per-gene centring and scaling (computed over blocks of rows, no normalised
+    copy of X) are the mean and standard deviation of log1p(x / library * median library)."""
+    from napari_spatialdl.models.impute import default_config, log_normalise, neighbour_mean
+
+    counts, _, _, xy = make_counts(n_cells=80, n_genes=30)
+    X = sp.csr_matrix(counts, dtype=np.float32)
+    neighbours = spatial_neighbours(xy, 4) if spatial else None
+    model = ImputeModel(30, hidden=(16, 4, 16), likelihood="nb", spatial=spatial)
+    run_to_end(model.fit_iter(X, neighbours, default_config(max_epochs=1)))
+    library = np.asarray(counts.sum(axis=1)).reshape(-1, 1)
+    dense = np.log1p(np.asarray(counts, dtype=np.float64) / library * np.median(library))
+    features = [dense]
+    if spatial:
+        features.append(neighbour_mean(log_normalise(counts, library, float(np.median(library))), neighbours))
+    features = np.hstack([np.asarray(f, dtype=np.float64) for f in features])
+    np.testing.assert_allclose(model.module.in_mean.numpy(), features.mean(axis=0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(model.module.in_std.numpy(), np.maximum(features.std(axis=0), 1e-3),
+                               rtol=1e-4, atol=1e-5)
+
+
 def test_model_save_load_reproduces_predictions(tmp_path):
     counts, _, _, xy = make_counts(n_cells=80, n_genes=30)
     neighbours = spatial_neighbours(xy, 4)

@@ -32,6 +32,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from ..preprocessing import gene_moments, log_normalized_moments
 from ._base import SavableModel
 from ._likelihoods import log_nb, log_zinb
 from ._train import ProgressEvent, TrainingConfig, TrainingHistory, train
@@ -270,13 +271,12 @@ class ImputeModel(SavableModel):
         library = library_sizes(X)
         self.module.scale.fill_(float(np.median(library)))
         data = self._inputs(X, neighbours)
-        feats = [log_normalise(X, library, float(self.module.scale))]
+        # over blocks of rows: a log-normalised copy of X (and of its square) would be 2x its CSR
+        mean, std = log_normalized_moments(X, float(self.module.scale))
         if self.spatial:
-            feats.append(data["neighbours"])
-        mean = np.concatenate([np.asarray(f.mean(axis=0)).ravel() for f in feats])
-        sq = np.concatenate([np.asarray(f.multiply(f).mean(axis=0) if sp.issparse(f) else (f**2).mean(axis=0)).ravel()
-                             for f in feats])
-        self.module.set_input_stats(mean, np.sqrt(np.maximum(sq - mean**2, 0)))
+            nb_mean, nb_std = gene_moments(data["neighbours"])
+            mean, std = np.concatenate([mean, nb_mean]), np.concatenate([std, nb_std])
+        self.module.set_input_stats(mean, std)
         history = yield from train(self.module, data, _impute_loss, config)
         return history
 
