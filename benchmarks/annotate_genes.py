@@ -1,13 +1,13 @@
 """Annotation accuracy against the number of genes the classifier uses, on real cells.
 
-At a million cells x 18,000 genes the native annotator (``sdl.annotate``) uses by default the
-3,000 shared genes that best separate the reference's cell types (``n_top_genes``): it predicts 6x
-faster. This checks, on the real hippocampus cells of ``../shared/data`` (train Rep1-Rep4, test
+At a million cells x 18,000 genes the native annotator (``sdl.annotate``) uses by default 3,000
+marker genes of the reference's cell types (``n_top_genes``): it predicts 6x faster. This checks, on the real hippocampus cells of ``../shared/data`` (train Rep1-Rep4, test
 Rep5-Rep6, the split of ``accuracy.py``), what such a cut costs in accuracy: the classifier on
 ``n_top_genes`` = all, and about 1/2, 1/3, 1/6 and 1/10 of the 307 genes (1/6 is 3,000 of 18,000),
 each chosen by the task's own selection (every cell type's markers in turn, from the labels
 of the training cells) and, beside it, by the type-variance score deconvolution uses and as a
-panel of highly variable genes (no labels used; the ``gene_panel`` of ``_protocols.py``). Three seeds per row (mean and range of the macro-F1).
+panel of highly variable genes (no labels used; the ``gene_panel`` of ``_protocols.py``). Three
+seeds per row (mean and range of the macro-F1).
 
 Usage::
 
@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                     var=train.var[[]].copy())
     query = AnnData(P.dense(test.X).astype(np.float32), var=test.var[[]].copy(), obs=test.obs[[]].copy())
     n_all = reference.n_vars
+    labels = train.obs["cell_type"].astype(str).to_numpy()
     rows = []
     for n_top in (None, 150, 100, 50, 30):
         selected, sec, used = _score(query, train, truth, n_top_genes=n_top)
@@ -72,7 +73,6 @@ def main(argv: list[str] | None = None) -> int:
         if n_top is not None:
             panel_genes = P.gene_panel(train, n_top).var_names
             panel, _, _ = _score(*_cut(query, train, panel_genes), truth, n_top_genes=None)
-            labels = train.obs["cell_type"].astype(str).to_numpy()
             keep = discriminative_genes(train.X, labels, sorted(set(labels)), n_top)
             genes = train.var_names[keep]
             variance, _, _ = _score(*_cut(query, train, genes), truth, n_top_genes=None)

@@ -185,16 +185,6 @@ def highly_variable_genes(X: Matrix, n_top_genes: int, *, target_sum: float | st
     return np.sort(order)
 
 
-def group_means(X: Matrix, groups: np.ndarray, categories: list[str]) -> np.ndarray:
-    """Mean row of ``X`` per category of ``groups`` (categories x genes, dense float64)."""
-    groups = np.asarray(groups)
-    rows = []
-    for cat in categories:
-        sel = np.flatnonzero(groups == cat)
-        rows.append(np.asarray(X[sel].mean(axis=0), dtype=np.float64).ravel())
-    return np.vstack(rows)
-
-
 def normalized_group_means(X: Matrix, labels: np.ndarray, categories: list[str],
                            target_sum: float | str | None = TARGET_SUM) -> np.ndarray:
     """Mean of :func:`normalize_total` ``(X, target_sum)`` per category (categories x genes, float64).
@@ -254,6 +244,6 @@ def discriminative_genes(X: Matrix, labels: np.ndarray, categories: list[str], n
     n_genes = X.shape[1]
     if n_top_genes >= n_genes:
         return np.arange(n_genes)
-    means = group_means(normalize_total(X, target_sum, dtype=np.float64), labels, categories)
+    means = normalized_group_means(X, labels, categories, target_sum)
     score = np.log1p(means).var(axis=0)
     return np.sort(np.argsort(-score, kind="stable")[:n_top_genes])

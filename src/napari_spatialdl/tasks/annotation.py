@@ -130,8 +130,9 @@ class AnnotationInputs(Prepared):
 
         Chosen on the labelled reference (:func:`napari_spatialdl.preprocessing.marker_genes`: each
         type's genes ranked by their log fold change over the other types, taken one per type per
-        round). All genes are kept when there are no more than ``n_top_genes``. The query is cut to the same genes
-        (through :attr:`query_columns`, read batch by batch: no copy; the user's data is only read).
+        round). All genes are kept when there are no more than ``n_top_genes``. The query is cut
+        to the same genes through :attr:`query_columns`, read batch by batch (no copy; the user's
+        data is only read).
         """
         if n_top_genes is None or len(self.genes) <= n_top_genes:
             return self
@@ -141,7 +142,6 @@ class AnnotationInputs(Prepared):
             self, query_columns=columns, ref_counts=subset_counts(self.ref_counts, keep),
             genes=self.genes[keep], n_top_genes=int(n_top_genes),
             n_query_empty=_rows_without_counts(self.query_counts, columns), info=dict(self.info))
-        out.info.update(out.gene_info())
         return out
 
     def gene_info(self) -> dict[str, Any]:

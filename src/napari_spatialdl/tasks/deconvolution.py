@@ -21,7 +21,7 @@ from anndata import AnnData
 from .._constants import ABUNDANCE_KEY, PROPORTIONS_KEY
 from ..models import ProgressEvent
 from ..models.deconvolution import SpotDeconvolution, nnls_abundance, spot_neighbour_edges
-from ..preprocessing import discriminative_genes, group_means, normalize_total
+from ..preprocessing import discriminative_genes, normalized_group_means
 from . import _validate as V
 from ._registry import register
 from ._spec import (
@@ -279,8 +279,7 @@ def deconvolve_nnls(data: DeconvolutionInputs) -> TaskGen:
     """
     yield ProgressEvent(0, 1, 0, message="NNLS per spot", stage="nnls")
     lib = row_sums(data.ref_counts)
-    profiles = group_means(normalize_total(data.ref_counts, 1.0, dtype=np.float64), data.ref_labels,
-                           data.cell_types)
+    profiles = normalized_group_means(data.ref_counts, data.ref_labels, data.cell_types, 1.0)
     mean_lib = np.array([lib[data.ref_labels == t].mean() for t in data.cell_types])
     umis = nnls_abundance(data.spot_counts, profiles)  # UMIs of each type in each spot
     totals = umis.sum(axis=1, keepdims=True)
