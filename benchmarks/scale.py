@@ -160,10 +160,8 @@ def simulate(n_obs: int, n_genes: int, kind: str, seed: int, tissue: int | None 
     return adata
 
 
-def dataset(cache: Path, kind: str, n_obs: int, n_genes: int, seed: int, tissue: int | None = None):
-    """The cached ``.h5ad`` of one simulated dataset (generated on first use)."""
-    import anndata as ad
-
+def dataset_path(cache: Path, kind: str, n_obs: int, n_genes: int, seed: int, tissue: int | None = None) -> Path:
+    """The cached ``.h5ad`` of one simulated dataset, generated on first use (not read)."""
     own = tissue is None or tissue == seed
     path = cache / (f"{kind}_{n_obs}_{n_genes}_{seed}.h5ad" if own else
                     f"{kind}_{n_obs}_{n_genes}_{seed}_tissue{tissue}.h5ad")
@@ -172,12 +170,26 @@ def dataset(cache: Path, kind: str, n_obs: int, n_genes: int, seed: int, tissue:
         tmp = path.with_suffix(".tmp.h5ad")
         simulate(n_obs, n_genes, kind, seed, tissue).write_h5ad(tmp)
         tmp.rename(path)
-    return ad.read_h5ad(path)
+    return path
+
+
+def dataset(cache: Path, kind: str, n_obs: int, n_genes: int, seed: int, tissue: int | None = None):
+    """The cached simulated dataset, read (generated on first use)."""
+    import anndata as ad
+
+    return ad.read_h5ad(dataset_path(cache, kind, n_obs, n_genes, seed, tissue))
+
+
+def reference_path(cache: Path, n_genes: int, seed: int) -> Path:
+    """The labelled reference of the data of ``seed``: cells of the same tissue, other draws."""
+    return dataset_path(cache, "cells", N_REFERENCE, n_genes, seed + 1, tissue=seed)
 
 
 def reference_dataset(cache: Path, n_genes: int, seed: int):
-    """The labelled reference of the data of ``seed``: cells of the same tissue, other draws."""
-    return dataset(cache, "cells", N_REFERENCE, n_genes, seed + 1, tissue=seed)
+    """The labelled reference of the data of ``seed``, read."""
+    import anndata as ad
+
+    return ad.read_h5ad(reference_path(cache, n_genes, seed))
 
 
 def csr_mb(X) -> float:
@@ -767,10 +779,11 @@ def main(argv: list[str] | None = None) -> int:
                 if reason:
                     result = {"skipped": reason}
                 else:
-                    # the data is generated once, outside the measured runs
-                    dataset(Path(args.cache), "spots" if task == "deconvolve" else "cells", n, args.genes,
-                            args.seed)
-                    reference_dataset(Path(args.cache), args.genes, args.seed)
+                    # the data is generated once, outside the measured runs (and not read here:
+                    # at 1M the parent would hold a second copy beside the child's)
+                    dataset_path(Path(args.cache), "spots" if task == "deconvolve" else "cells", n,
+                                 args.genes, args.seed)
+                    reference_path(Path(args.cache), args.genes, args.seed)
                     result = run_one(spec, python, args.timeout)
                 rows.append({"size": n, "task": task, "method": method, "result": result})
                 print(f"{n:>8} {task:<10} {method:<10} {json.dumps(result)}", flush=True)
