@@ -84,8 +84,12 @@ def table(df: pd.DataFrame) -> str:
 
 
 def verdict(df: pd.DataFrame, base: int) -> str:
-    """Each larger size against the band of the ``base``-spot seeds (mean +- 2 sd of the RMSE)."""
+    """Each larger size against the band of the ``base``-spot seeds (mean +- 2 sd of the RMSE), then
+    the mean over seeds and its paired difference (same seed: the same reference half, and the
+    ``base`` spots are the first of the larger set, so only the number of spots differs)."""
     out = ["| method | spots | RMSE | 400-spot band (mean +- 2 sd over seeds) | within noise |", "|---|---|---|---|---|"]
+    means = ["| method | spots | seeds | mean RMSE (sd) | 400-spot mean over the same seeds | paired difference "
+             "(mean, 95% CI) | within noise |", "|---|---|---|---|---|---|---|"]
     for method, part in df.groupby("method", sort=False):
         ref = part[part["spots"] == base]["rmse"]
         if len(ref) < 2:
@@ -94,7 +98,23 @@ def verdict(df: pd.DataFrame, base: int) -> str:
         for _, r in part[part["spots"] != base].iterrows():
             inside = "yes" if lo <= r["rmse"] <= hi else ("better" if r["rmse"] < lo else "no")
             out.append(f"| {method} | {r['spots']} | {r['rmse']:.4f} | {ref.mean():.4f} ({lo:.4f}-{hi:.4f}) | {inside} |")
-    return "\n".join(out)
+        by_seed = part[part["spots"] == base].set_index("seed")["rmse"]
+        for n, large in part[part["spots"] != base].groupby("spots"):
+            large = large.set_index("seed")["rmse"]
+            seeds = large.index.intersection(by_seed.index)
+            if len(seeds) < 2:
+                continue
+            diff = large[seeds] - by_seed[seeds]
+            half = 2.0 * diff.std(ddof=1) / np.sqrt(len(diff))  # ~95% for the mean of a few seeds
+            inside = ("yes" if abs(diff.mean()) <= half else
+                      ("better" if diff.mean() < 0 else "no"))
+            means.append(f"| {method} | {n} | {len(seeds)} | {large[seeds].mean():.4f} ({large[seeds].std(ddof=1):.4f}) | "
+                         f"{by_seed[seeds].mean():.4f} | {diff.mean():+.4f} ({diff.mean() - half:+.4f} to "
+                         f"{diff.mean() + half:+.4f}) | {inside} |")
+    text = "\n".join(out)
+    if len(means) > 2:
+        text += "\n\nOver seeds (a seed's reference half is the same at every size: the difference is paired):\n\n" + "\n".join(means)
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
