@@ -10,7 +10,13 @@ from scipy import stats
 from scipy.special import gammaln
 
 from napari_spatialdl.models import _train
-from napari_spatialdl.models._likelihoods import log_nb, log_nb_zero, log_zinb, zinb_mean
+from napari_spatialdl.models._likelihoods import (
+    log_nb,
+    log_nb_sum,
+    log_nb_zero,
+    log_zinb,
+    zinb_mean,
+)
 from napari_spatialdl.models._train import (
     Adam,
     TensorStore,
@@ -129,6 +135,30 @@ def test_gradients_match_textbook_autograd():
     g = torch.autograd.grad(log_nb(x, mu, theta).sum(), (mu, theta))
     for a, b in zip(g, g_ref):
         assert torch.allclose(a, b, rtol=1e-8, atol=1e-10)
+
+
+def test_sparse_aware_sum_equals_the_sum_of_log_nb_and_its_gradients():
+    # what the deconvolution's loss uses: the lgamma terms only at positive counts
+    torch.manual_seed(2)
+    x = torch.poisson(torch.rand(30, 6, dtype=torch.float64) * 1.5)
+    x[0] = 0  # an empty row, and mostly zeros elsewhere
+    mu = (torch.rand(30, 6, dtype=torch.float64) * 4 + 1e-3).requires_grad_()
+    theta = torch.tensor([0.2, 1.5, 9.5, 10.5, 80.0, 3e3], dtype=torch.float64, requires_grad=True)
+    assert (x == 0).float().mean() > 0.3
+    want = log_nb(x, mu, theta).sum()
+    got = log_nb_sum(x, mu, theta)
+    assert torch.allclose(got, want, rtol=1e-12, atol=1e-9)
+    g_want = torch.autograd.grad(want, (mu, theta))
+    g_got = torch.autograd.grad(log_nb_sum(x, mu, theta), (mu, theta))
+    for a, b in zip(g_got, g_want):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-9)
+    assert torch.autograd.gradcheck(lambda m, t: log_nb_sum(x, m, t), (mu, theta))
+    # all zeros: only the zero-count term
+    zeros = torch.zeros_like(x)
+    assert torch.allclose(log_nb_sum(zeros, mu, theta), log_nb(zeros, mu, theta).sum(), rtol=1e-12)
+    # float32, as trained
+    x32, mu32, th32 = x.float(), mu.detach().float(), theta.detach().float()
+    assert torch.allclose(log_nb_sum(x32, mu32, th32), log_nb(x32, mu32, th32).sum(), rtol=1e-5)
 
 
 @pytest.mark.parametrize("fn", ["nb", "zinb"])
@@ -380,3 +410,16 @@ def test_adam_matches_torch_optim():
             opt.step()
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.allclose(p, q, atol=1e-7)
+
+
+def test_sparse_aware_sum_at_zero_and_tiny_means():
+    # a mean of exactly 0 (a gene absent from every signature) with a zero count is allowed,
+    # and, like log_nb, a clamped mean gets no gradient
+    x = torch.tensor([[0.0, 2.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    mu = torch.tensor([[0.0, 1.5, 1e-14], [0.7, 0.0, 3.0]], dtype=torch.float64, requires_grad=True)
+    theta = torch.tensor([0.5, 12.0, 4.0], dtype=torch.float64, requires_grad=True)
+    want = log_nb(x, mu, theta).sum()
+    got = log_nb_sum(x, mu, theta)
+    assert torch.isfinite(got) and torch.allclose(got, want, rtol=1e-12)
+    for a, b in zip(torch.autograd.grad(got, (mu, theta)), torch.autograd.grad(want, (mu, theta))):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)

@@ -192,6 +192,75 @@ def log_nb_zero(mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     return -theta * torch.log1p(mu.clamp(min=0) / theta)
 
 
+class _LogNBSum(torch.autograd.Function):
+    """Sum of log NB over a (rows, genes) matrix, one dispersion per gene; the gradients are
+    made in the forward pass (the output is a scalar, so the backward only scales them)."""
+
+    @staticmethod
+    def forward(ctx, x, mu, theta):
+        with torch.no_grad():
+            thc = theta.clamp(min=_TINY)
+            # every entry as if its count were 0: -theta * log1p(mu / theta)
+            ratio = (mu / thc).clamp_(min=0.0)
+            log_ratio = torch.log1p(ratio)
+            value = -(log_ratio.sum(dim=0) * thc).sum()
+            g_theta = mu.shape[0] - log_ratio.sum(dim=0)  # + sum_rows(mu / (theta + mu)) below
+            del log_ratio
+            q = ratio.add_(1.0).reciprocal_()  # theta / (theta + mu)
+            g_theta -= q.sum(dim=0)
+            g_mu = q.neg_()  # d/dmu of the zero-count term: -theta / (theta + mu)
+            # the positive counts: lgamma(x + theta) - lgamma(theta) - lgamma(x + 1) + x log(mu / (theta + mu))
+            flat = (x.reshape(-1) > 0).nonzero().squeeze(1)
+            if flat.numel():
+                cols = flat % mu.shape[1]
+                xv, mv, tv = x.reshape(-1)[flat], mu.reshape(-1)[flat].clamp(min=_TINY), thc[cols]
+                value += (_lgamma_diff(xv, tv) - torch.lgamma(xv + 1) - xv * torch.log1p(tv / mv)).sum()
+                g_mu.view(-1).index_add_(0, flat, xv * tv / (mv * (tv + mv)))
+                g_theta.index_add_(0, cols, _digamma_diff(xv, tv) - xv / (tv + mv))
+            if mu.amin() <= _TINY:  # a clamped mean gets no gradient (the test costs a full pass)
+                g_mu.masked_fill_(mu <= _TINY, 0.0)
+            g_theta = torch.where(theta > _TINY, g_theta, 0.0)
+        ctx.save_for_backward(g_mu, g_theta)
+        return value
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        g_mu, g_theta = ctx.saved_tensors
+        return (None, g_mu * grad if ctx.needs_input_grad[1] else None,
+                g_theta * grad if ctx.needs_input_grad[2] else None)
+
+
+def log_nb_sum(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Sum over every entry of log NB(x | mu, theta), the same value as ``log_nb(x, mu, theta).sum()``.
+
+    For ``(rows, genes)`` counts with one dispersion per gene: a zero count's term is
+    ``theta * log(theta / (theta + mu))``, one logarithm, and the lgamma and digamma terms are
+    computed only where ``x > 0``, a minority of the entries of sparse counts (about a fifth of a
+    spot's 3,000 selected genes); the gradients are formed in the same pass. Other shapes fall
+    back to ``log_nb(...).sum()``.
+
+    Parameters
+    ----------
+    x
+        Counts (non-negative), dense, the shape of ``mu``.
+    mu
+        Means, ``(rows, genes)``.
+    theta
+        Inverse dispersions, ``(genes,)``.
+
+    Returns
+    -------
+    torch.Tensor
+        A scalar.
+    """
+    x = torch.as_tensor(x, dtype=mu.dtype, device=mu.device)
+    theta = torch.as_tensor(theta, dtype=mu.dtype, device=mu.device)
+    if mu.dim() != 2 or x.shape != mu.shape or theta.shape != mu.shape[1:]:
+        return log_nb(x, mu, theta).sum()
+    return _LogNBSum.apply(x, mu, theta)
+
+
 def log_zinb(
     x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, pi_logits: torch.Tensor
 ) -> torch.Tensor:

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from ._base import SavableModel
-from ._likelihoods import log_nb
+from ._likelihoods import log_nb_sum
 from ._train import (
     ProgressEvent,
     TrainingConfig,
@@ -288,10 +288,14 @@ class DeconvolutionModule(torch.nn.Module):
 
     def mean(self, index: torch.Tensor) -> torch.Tensor:
         """Expected counts of spots ``index``: ``(len(index), n_genes)``."""
-        mu = self.abundance(index) @ self.signatures()
+        # one matrix product, the platform effect folded into the profiles: the only
+        # (spots x genes) tensor made is the result
+        effect = torch.exp(self.gene_effect)
+        weights, profiles = self.abundance(index), self.signatures() * effect
         if self.use_background:
-            mu = mu + torch.exp(self.log_background[index])[:, None] * self.background
-        return mu * torch.exp(self.gene_effect)
+            weights = torch.cat([weights, torch.exp(self.log_background[index])[:, None]], dim=1)
+            profiles = torch.cat([profiles, (self.background * effect)[None]], dim=0)
+        return weights @ profiles
 
     def loss(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Negative log-posterior per spot, averaged over genes (so its scale is O(1)).
@@ -301,7 +305,8 @@ class DeconvolutionModule(torch.nn.Module):
         of a batch estimates the full one.
         """
         theta = F.softplus(self.log_theta) + 1e-4
-        loss = -log_nb(x, self.mean(index), theta).mean()
+        # the lgamma terms only at positive counts: most of a spot's selected genes are zeros
+        loss = -log_nb_sum(x, self.mean(index), theta) / x.numel()
         scale = 1.0 / (self.anchor_weight_spots() * self.n_genes)
         loss = loss + 0.5 * (self.gene_effect / self.gene_effect_sd).pow(2).sum() * scale
         if self.refine and len(self.ref_sum):
