@@ -137,14 +137,20 @@ def test_gradients_match_textbook_autograd():
         assert torch.allclose(a, b, rtol=1e-8, atol=1e-10)
 
 
-def test_sparse_aware_sum_equals_the_sum_of_log_nb_and_its_gradients():
+def test_sparse_aware_sum_equals_the_sum_of_log_nb_and_its_gradients(monkeypatch):
     # what the deconvolution's loss uses: the lgamma terms only at positive counts
+    from napari_spatialdl.models import _likelihoods
+
+    def no_dense_route(*args):
+        raise AssertionError("sparse counts took the dense route")
+
+    monkeypatch.setattr(_likelihoods, "log_nb", no_dense_route)
     torch.manual_seed(2)
-    x = torch.poisson(torch.rand(30, 6, dtype=torch.float64) * 1.5)
+    x = torch.poisson(torch.rand(40, 6, dtype=torch.float64) * 0.5)
     x[0] = 0  # an empty row, and mostly zeros elsewhere
-    mu = (torch.rand(30, 6, dtype=torch.float64) * 4 + 1e-3).requires_grad_()
+    mu = (torch.rand(40, 6, dtype=torch.float64) * 4 + 1e-3).requires_grad_()
     theta = torch.tensor([0.2, 1.5, 9.5, 10.5, 80.0, 3e3], dtype=torch.float64, requires_grad=True)
-    assert (x == 0).float().mean() > 0.3
+    assert 0.05 < (x > 0).double().mean() < 0.3  # the sparse route, not the dense fallback
     want = log_nb(x, mu, theta).sum()
     got = log_nb_sum(x, mu, theta)
     assert torch.allclose(got, want, rtol=1e-12, atol=1e-9)
@@ -154,6 +160,7 @@ def test_sparse_aware_sum_equals_the_sum_of_log_nb_and_its_gradients():
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-9)
     assert torch.autograd.gradcheck(lambda m, t: log_nb_sum(x, m, t), (mu, theta))
     # all zeros: only the zero-count term
+    monkeypatch.undo()
     zeros = torch.zeros_like(x)
     assert torch.allclose(log_nb_sum(zeros, mu, theta), log_nb(zeros, mu, theta).sum(), rtol=1e-12)
     # float32, as trained
@@ -415,11 +422,22 @@ def test_adam_matches_torch_optim():
 def test_sparse_aware_sum_at_zero_and_tiny_means():
     # a mean of exactly 0 (a gene absent from every signature) with a zero count is allowed,
     # and, like log_nb, a clamped mean gets no gradient
-    x = torch.tensor([[0.0, 2.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
-    mu = torch.tensor([[0.0, 1.5, 1e-14], [0.7, 0.0, 3.0]], dtype=torch.float64, requires_grad=True)
-    theta = torch.tensor([0.5, 12.0, 4.0], dtype=torch.float64, requires_grad=True)
+    x = torch.tensor([[0.0, 2.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    mu = torch.tensor([[0.0, 1.5, 1e-14, 0.2], [0.7, 0.0, 3.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    theta = torch.tensor([0.5, 12.0, 4.0, 30.0], dtype=torch.float64, requires_grad=True)
     want = log_nb(x, mu, theta).sum()
     got = log_nb_sum(x, mu, theta)
     assert torch.isfinite(got) and torch.allclose(got, want, rtol=1e-12)
     for a, b in zip(torch.autograd.grad(got, (mu, theta)), torch.autograd.grad(want, (mu, theta))):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_sparse_aware_sum_on_dense_counts_takes_the_plain_sum():
+    torch.manual_seed(3)
+    x = torch.poisson(torch.rand(20, 5, dtype=torch.float64) * 20)  # nearly all positive
+    mu = (torch.rand(20, 5, dtype=torch.float64) * 20 + 0.1).requires_grad_()
+    theta = (torch.rand(5, dtype=torch.float64) * 5 + 0.5).requires_grad_()
+    got, want = log_nb_sum(x, mu, theta), log_nb(x, mu, theta).sum()
+    assert torch.allclose(got, want, rtol=1e-12)
+    for a, b in zip(torch.autograd.grad(got, (mu, theta)), torch.autograd.grad(want, (mu, theta))):
+        assert torch.allclose(a, b, rtol=1e-10)

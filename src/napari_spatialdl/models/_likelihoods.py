@@ -29,6 +29,10 @@ from torch.autograd.function import once_differentiable
 _TINY = 1e-12
 #: dispersions at or above this use Stirling's series
 _STIRLING_FROM = 10.0
+#: log_nb_sum's sparse route below this fraction of positive counts; above it the gathers cost
+#: more than the lgamma terms they save (forward + backward on 2 CPU cores: 0.75x the time of
+#: log_nb(...).sum() at 21 % positive, 1.25x at 46 %)
+_SPARSE_SUM_BELOW = 0.3
 
 
 def _lgamma_diff(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
@@ -237,8 +241,9 @@ def log_nb_sum(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.
     For ``(rows, genes)`` counts with one dispersion per gene: a zero count's term is
     ``theta * log(theta / (theta + mu))``, one logarithm, and the lgamma and digamma terms are
     computed only where ``x > 0``, a minority of the entries of sparse counts (about a fifth of a
-    spot's 3,000 selected genes); the gradients are formed in the same pass. Other shapes fall
-    back to ``log_nb(...).sum()``.
+    spot's 3,000 selected genes); the gradients are formed in the same pass. Denser counts (more
+    than 30 % positive, e.g. spots over a panel of a few hundred genes) and other shapes go
+    through ``log_nb(...).sum()``, the faster there.
 
     Parameters
     ----------
@@ -256,7 +261,8 @@ def log_nb_sum(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.
     """
     x = torch.as_tensor(x, dtype=mu.dtype, device=mu.device)
     theta = torch.as_tensor(theta, dtype=mu.dtype, device=mu.device)
-    if mu.dim() != 2 or x.shape != mu.shape or theta.shape != mu.shape[1:]:
+    if (mu.dim() != 2 or x.shape != mu.shape or theta.shape != mu.shape[1:]
+            or int(torch.count_nonzero(x)) > _SPARSE_SUM_BELOW * x.numel()):
         return log_nb(x, mu, theta).sum()
     return _LogNBSum.apply(x, mu, theta)
 
