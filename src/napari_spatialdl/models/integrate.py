@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ._base import SavableModel
-from ._likelihoods import log_nb, log_zinb
+from ._likelihoods import log_nb_sum, log_zinb
 from ._train import ProgressEvent, TrainingConfig, TrainingHistory, train
 
 LIKELIHOODS = ("nb", "zinb")
@@ -140,12 +140,12 @@ class ConditionalVAE(nn.Module):
         z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar) if self.training else mean
         out = self.decode(z, batch, library)
         if self.pi is not None:
-            ll = log_zinb(x, out["mu"], out["theta"], out["pi_logits"])
-        else:
-            ll = log_nb(x, out["mu"], out["theta"])
+            ll = log_zinb(x, out["mu"], out["theta"], out["pi_logits"]).sum()
+        else:  # the lgamma terms only at positive counts
+            ll = log_nb_sum(x, out["mu"], out["theta"])
         kl = 0.5 * (mean.pow(2) + logvar.exp() - logvar - 1).sum(dim=1)
         weight = self.kl_weight if self.training else 1.0
-        return (-ll.sum(dim=1) + weight * kl).mean()
+        return (-ll + weight * kl.sum()) / x.shape[0]
 
 
 def _vae_loss(module: ConditionalVAE, batch: dict[str, torch.Tensor]) -> torch.Tensor:
