@@ -168,6 +168,36 @@ def test_sparse_aware_sum_equals_the_sum_of_log_nb_and_its_gradients(monkeypatch
     assert torch.allclose(log_nb_sum(x32, mu32, th32), log_nb(x32, mu32, th32).sum(), rtol=1e-5)
 
 
+def test_sparse_aware_sum_at_zero_and_tiny_means():
+    # a mean of exactly 0 (a gene absent from every signature) with a zero count is allowed,
+    # and, like log_nb, a clamped mean gets no gradient
+    x = torch.tensor([[0.0, 2.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    mu = torch.tensor([[0.0, 1.5, 1e-14, 0.2], [0.7, 0.0, 3.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    theta = torch.tensor([0.5, 12.0, 4.0, 30.0], dtype=torch.float64, requires_grad=True)
+    want = log_nb(x, mu, theta).sum()
+    got = log_nb_sum(x, mu, theta)
+    assert torch.isfinite(got) and torch.allclose(got, want, rtol=1e-12)
+    for a, b in zip(torch.autograd.grad(got, (mu, theta)), torch.autograd.grad(want, (mu, theta))):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_sparse_aware_sum_on_dense_counts_takes_the_plain_sum(monkeypatch):
+    from napari_spatialdl.models import _likelihoods
+
+    def no_sparse_route(*args):
+        raise AssertionError("dense counts took the sparse route")
+
+    monkeypatch.setattr(_likelihoods._LogNBSum, "apply", no_sparse_route)
+    torch.manual_seed(3)
+    x = torch.poisson(torch.rand(20, 5, dtype=torch.float64) * 20)  # nearly all positive
+    mu = (torch.rand(20, 5, dtype=torch.float64) * 20 + 0.1).requires_grad_()
+    theta = (torch.rand(5, dtype=torch.float64) * 5 + 0.5).requires_grad_()
+    got, want = log_nb_sum(x, mu, theta), log_nb(x, mu, theta).sum()
+    assert torch.allclose(got, want, rtol=1e-12)
+    for a, b in zip(torch.autograd.grad(got, (mu, theta)), torch.autograd.grad(want, (mu, theta))):
+        assert torch.allclose(a, b, rtol=1e-10)
+
+
 @pytest.mark.parametrize("fn", ["nb", "zinb"])
 def test_finite_values_and_gradients_at_extremes(fn):
     xs = [0.0, 1.0, 5.0, 100.0, 5000.0]
@@ -418,26 +448,3 @@ def test_adam_matches_torch_optim():
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.allclose(p, q, atol=1e-7)
 
-
-def test_sparse_aware_sum_at_zero_and_tiny_means():
-    # a mean of exactly 0 (a gene absent from every signature) with a zero count is allowed,
-    # and, like log_nb, a clamped mean gets no gradient
-    x = torch.tensor([[0.0, 2.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
-    mu = torch.tensor([[0.0, 1.5, 1e-14, 0.2], [0.7, 0.0, 3.0, 0.0]], dtype=torch.float64, requires_grad=True)
-    theta = torch.tensor([0.5, 12.0, 4.0, 30.0], dtype=torch.float64, requires_grad=True)
-    want = log_nb(x, mu, theta).sum()
-    got = log_nb_sum(x, mu, theta)
-    assert torch.isfinite(got) and torch.allclose(got, want, rtol=1e-12)
-    for a, b in zip(torch.autograd.grad(got, (mu, theta)), torch.autograd.grad(want, (mu, theta))):
-        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
-
-
-def test_sparse_aware_sum_on_dense_counts_takes_the_plain_sum():
-    torch.manual_seed(3)
-    x = torch.poisson(torch.rand(20, 5, dtype=torch.float64) * 20)  # nearly all positive
-    mu = (torch.rand(20, 5, dtype=torch.float64) * 20 + 0.1).requires_grad_()
-    theta = (torch.rand(5, dtype=torch.float64) * 5 + 0.5).requires_grad_()
-    got, want = log_nb_sum(x, mu, theta), log_nb(x, mu, theta).sum()
-    assert torch.allclose(got, want, rtol=1e-12)
-    for a, b in zip(torch.autograd.grad(got, (mu, theta)), torch.autograd.grad(want, (mu, theta))):
-        assert torch.allclose(a, b, rtol=1e-10)
